@@ -19,7 +19,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stages.common import Ledger  # noqa: E402
 from stages.formats.dialogsum import read  # noqa: E402
-from stages.tokenize import encode  # noqa: E402
+from stages.tokenize import encode_causal  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/dialogsum/dialogsum.train.2021-05.pydict.jsonl"
 
@@ -42,7 +42,7 @@ def main() -> None:
     source = REAL.parent if REAL.exists() else Path("data/samples/dialogsum")
     records = [r for r in read(source, {}, Ledger("bench")) if r["split"] == "train"][: args.rows]
     tokenizer = AutoTokenizer.from_pretrained("models/base/smollm2-135m")
-    lengths = [len(encode(tokenizer, r, None)[0]) for r in records]
+    lengths = [len(encode_causal(tokenizer, r, {}, [])["input_ids"]) for r in records]
     lengths = [n for n in lengths if n <= 512]
     generator = torch.Generator().manual_seed(42)
     grouped = list(LengthGroupedSampler(args.batch_size, lengths=lengths, generator=generator))

@@ -74,8 +74,30 @@ def require_keys(params: dict[str, Any], where: str, *keys: str) -> None:
 
 
 def load_experiment(name: str) -> dict[str, Any]:
-    """params.yaml experiments.<name>: which dataset and which base model an experiment uses."""
-    return load_params("experiments", name, required=("dataset", "model"))
+    """params.yaml experiments.<name>: dataset, base model, model kind, training method, metric, seed.
+
+    Checked against the kind x method table before any heavy import, so a bad entry fails in a second.
+    """
+    from stages.modeling import QLORA_DEFAULTS, check_experiment
+
+    setup = dict(load_params("experiments", name, required=("dataset", "model", "kind", "method", "metric")))
+    kind = check_experiment(name, setup)
+    setup.update(name=name, kind_rows=kind.rows, generates=kind.generates, seed=int(setup.get("seed", 42)),
+                 # how the base loads for QLoRA (training, and the before/after predictions), or None
+                 qlora={**QLORA_DEFAULTS, **(setup.get("qlora") or {})} if setup["method"] == "qlora" else None)
+    return setup
+
+
+def read_labels(setup: dict[str, Any]) -> list[str]:
+    """The dataset's label order (data/converted/<dataset>/labels.json); a head needs one."""
+    path = Path("data/converted") / setup["dataset"] / "labels.json"
+    if not path.exists():
+        raise StageError(f"{path}: not found (run dvc repro convert@{setup['dataset']})")
+    labels = json.loads(path.read_text(encoding="utf-8"))
+    if setup["kind"] in ("token_head", "sequence_head") and not labels:
+        raise StageError(f"params.yaml experiments.{setup['name']}: a {setup['kind']} needs labelled data, "
+                         f"but dataset '{setup['dataset']}' has no labels ({path} is empty)")
+    return labels
 
 
 # --- atomic outputs: a killed stage leaves nothing that looks done ---------------------------------------

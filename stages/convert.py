@@ -27,39 +27,6 @@ SPLITS = ("train", "validation", "test")
 DEFAULT_SPLIT = {"train": 0.8, "validation": 0.1, "test": 0.1}
 
 
-def render_instruction(record: dict[str, Any], spec: dict[str, Any], where: str) -> dict[str, Any]:
-    """A labelled or token row as an instruction record, so one dataset serves a head and an LLM alike.
-
-    Templates are str.format strings over the row's text fields, `{label}` (through `labels`, a verbaliser
-    such as {equivalent: "yes"}) and, for token rows, `{sentence}` and `{entities}` ("type: words; ...").
-    The original label stays in the row so accuracy can be scored against it.
-    """
-    fields = {key: value for key, value in record.items() if isinstance(value, str)}
-    if record["kind"] == "labelled":
-        fields["label"] = str(spec.get("labels", {}).get(record["label"], record["label"]))
-    elif record["kind"] == "tokens":
-        fields["sentence"] = " ".join(record["tokens"])
-        fields["entities"] = "; ".join(f"{kind}: {words}" for kind, words in entity_spans(record)) or "none"
-    try:
-        rendered = {name: spec.get(name, default).format(**fields)
-                    for name, default in (("instruction", ""), ("input", ""), ("output", "{label}"))}
-    except KeyError as err:
-        raise StageError(f"{where}.render: template field {err} is not in a {record['kind']} row "
-                         f"(fields: {', '.join(sorted(fields))})") from None
-    keep = {k: v for k, v in record.items() if k in ("label", "tokens", "tags", "split", "group")}
-    return {"id": record["id"], "kind": "instruction", **rendered, **keep}
-
-
-def entity_spans(record: dict[str, Any]) -> list[tuple[str, str]]:
-    spans: list[tuple[str, list[str]]] = []
-    for token, tag in zip(record["tokens"], record["tags"]):
-        if tag.startswith("B-") or (tag.startswith("I-") and (not spans or spans[-1][0] != tag[2:])):
-            spans.append((tag[2:], [token]))
-        elif tag.startswith("I-"):
-            spans[-1][1].append(token)
-    return [(kind, " ".join(words)) for kind, words in spans]
-
-
 def convert(raw_dir: Path, params: dict[str, Any], ledger: Ledger) -> dict[str, list[dict[str, Any]]]:
     """Read, de-duplicate and split records; rejected ones go to the ledger."""
     reader = reader_module(params["format"])
@@ -74,10 +41,7 @@ def convert(raw_dir: Path, params: dict[str, Any], ledger: Ledger) -> dict[str, 
                          f"remove '{clash[0]}' from split ratios {ratios} so no other row is added to it")
     by_split: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
     seen: set[str] = set()
-    render = params.get("render")
     for record in reader.read(raw_dir, params.get("options") or {}, ledger):
-        if render:
-            record = render_instruction(record, render, "params.yaml convert")
         if record["id"] in seen:
             ledger.reject(f"#{record['id']}", "duplicate id", record)
             continue
@@ -106,12 +70,13 @@ def main(argv: list[str]) -> None:
     write_json(Path("reports/ledger") / f"{dataset}.json", ledger.summary())
     ledger.check(float(params.get("max_reject_rate", 0.01)))
 
-    labels = getattr(reader_module(params["format"]), "LABELS", None)
+    # the label order a classification head is built with; [] for a dataset of free text, so every
+    # dataset has the file and stages can depend on it
+    labels = list(getattr(reader_module(params["format"]), "LABELS", ()))
     with atomic_dir(Path("data/converted") / dataset) as out:
         for split, rows in by_split.items():
             write_jsonl(out / f"{split}.jsonl", rows)
-        if labels:  # the label order a classification head is built with
-            write_json(out / "labels.json", list(labels))
+        write_json(out / "labels.json", labels)
 
 
 if __name__ == "__main__":

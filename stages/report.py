@@ -1,76 +1,200 @@
-"""report: reports/README.md with every experiment's before/after table and loss curve (reports/plots/).
+"""report: reports/README.md with every experiment's before and after, grouped by task, plus charts.
 
-Reads only what score, train and tokenize wrote (reports/metrics/, reports/train/, reports/tokenize/),
-so it re-runs in a second and never touches a model. Says which profile ran, because the embedded default
-is sized to show the mechanics on a 2-core CPU in minutes, not to show a quality gain.
+Reads only what tokenize, train, predict and score wrote, so it re-runs in seconds and never touches a
+model. Experiments of one task sit in one table (a head beside instruction tuning and prompt tuning on the
+same test rows, which this stage checks), with the seeds' published figures beside them, labelled as other
+models and data. Writes reports/plots/ (loss curves, a before/after chart) and reports/scores.csv (the
+chart's numbers, a DVC plot). Says which profile ran: the embedded default shows the mechanics in
+minutes, not a quality gain.
 """
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 from stages.common import (
     atomic_file,
     load_experiment,
     load_params,
+    read_jsonl,
     require_keys,
     run_stage,
 )
 
 PLOTS = Path("reports/plots")
+METRICS = Path("metrics")
+HEADLINE = {"rouge_any": "rougeL", "ner_seqeval": "f1", "label_match": "accuracy", "refusal": "refusal_recall"}
+SCALE = {"ner_seqeval": "fraction"}  # seqeval reports 0-1 (as the NER literature does); the others ×100
+EXAMPLES = 3
 
 
-def plot_loss(experiment: str, loss_csv: Path) -> Path:
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def save_figure(figure, path: Path) -> Path:
+    with atomic_file(path, "wb") as handle:
+        figure.savefig(handle, format="png", metadata={"Software": None})  # no version string: stable bytes
+    return path
+
+
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_loss(experiment: str, loss_csv: Path) -> Path:
+    plt = pyplot()
     with open(loss_csv, encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    figure, axes = plt.subplots(figsize=(6, 3.5), dpi=100)
+    figure, axes = plt.subplots(figsize=(6, 3.2), dpi=100)
     axes.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], marker="o", markersize=3)
     axes.set(xlabel="optimizer step", ylabel="training loss", title=f"{experiment}: training loss")
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    path = PLOTS / f"{experiment}-loss.png"
-    with atomic_file(path, "wb") as handle:
-        figure.savefig(handle, format="png", metadata={"Software": None})  # no version string: stable bytes
+    path = save_figure(figure, PLOTS / f"{experiment}-loss.png")
     plt.close(figure)
     return path
 
 
-def experiment_section(experiment: str, setup: dict) -> list[str]:
-    metrics = json.loads((Path("reports/metrics") / f"{experiment}.json").read_text(encoding="utf-8"))
-    train_dir = Path("reports/train") / experiment
-    summary = json.loads((train_dir / "summary.json").read_text(encoding="utf-8"))
-    counts = json.loads((Path("reports/tokenize") / f"{experiment}.json").read_text(encoding="utf-8"))
+def plot_before_after(rows: list[dict[str, Any]]) -> Path:
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2), dpi=100)
+    labels = [f"{r['experiment']} ({r['metric']})" for r in rows]
+    positions = range(len(rows))
+    axes.barh([p + 0.2 for p in positions], [r["before_100"] for r in rows], height=0.4, label="before")
+    axes.barh([p - 0.2 for p in positions], [r["after_100"] for r in rows], height=0.4, label="after")
+    axes.set_yticks(list(positions), labels, fontsize=8)
+    axes.invert_yaxis()
+    axes.set(xlabel="score ×100 (seqeval F1 ×100)", title="Each experiment's headline score, before and after")
+    axes.legend(loc="lower right", fontsize=8)
+    axes.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    path = save_figure(figure, PLOTS / "before-after.png")
+    plt.close(figure)
+    return path
+
+
+def fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def shown(value: Any, limit: int = 240) -> str:
+    """A prediction or reference as one table cell (several references or tags joined by " · ")."""
+    if isinstance(value, list):
+        text = " · ".join(map(str, value)) if value else "(none: the evidence does not answer)"
+    else:
+        text = str(value)
+    text = text.replace("\n", " ").replace("|", "\\|")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def experiment_section(name: str, setup: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    summary = read_json(Path("reports/train") / name / "summary.json")
+    counts = read_json(Path("reports/tokenize") / f"{name}.json")
     dropped = {split: c["dropped"] for split, c in counts.items() if c["dropped"]}
-    lines = [f"## {experiment}", "",
-             f"Dataset `{setup['dataset']}`, base model `{setup['model']}`, LoRA; "
-             f"{metrics['rows']} test rows scored before and after."
+    lines = [f"### {name}", "",
+             f"`{setup['model']}` as {setup['kind']}, trained by {setup['method']}, scored by "
+             f"`metrics/{setup['metric']}` on {metrics['rows']} test rows before and after."
              + (f" Rows longer than tokenize.max_length were left out: {dropped}." if dropped else ""), "",
-             "| metric | zero-shot | fine-tuned | gain |", "|---|---:|---:|---:|"]
-    for name, before in metrics["zeroshot"].items():
-        lines.append(f"| {name} | {before:.2f} | {metrics['finetuned'][name]:.2f} | {metrics['gain'][name]:+.2f} |")
-    plot = plot_loss(experiment, train_dir / "loss.csv")
-    lines += ["", f"Training: {summary['steps']} steps over {summary['rows']} rows, "
-              f"{summary['real_tokens']} tokens, loss {summary['first_loss']:.3f} → {summary['final_loss']:.3f}, "
-              f"{summary['pad_fraction']:.1%} of batch tokens were padding.", "",
-              f"![{experiment} training loss]({plot.relative_to('reports').as_posix()})", ""]
+             "| score | before | after | gain |", "|---|---:|---:|---:|"]
+    for key, before in metrics["before"].items():
+        gain = metrics["gain"].get(key)
+        lines.append(f"| {key} | {fmt(before)} | {fmt(metrics['after'][key])} | "
+                     f"{'' if gain is None else f'{gain:+.4g}'} |")
+    plot = plot_loss(name, Path("reports/train") / name / "loss.csv")
+    lines += ["", f"Training: {summary['steps']} steps over {summary['rows']} rows, {summary['real_tokens']} "
+              f"tokens, {summary['trainable_params']:,} trainable parameters, loss {summary['first_loss']:.3f} → "
+              f"{summary['final_loss']:.3f}, {summary['pad_fraction']:.1%} of batch tokens were padding.", "",
+              f"![{name} training loss]({plot.relative_to('reports').as_posix()})", "",
+              "| id | input | reference | before | after |", "|---|---|---|---|---|"]
+    folder = Path("data/predictions") / name
+    before = {row["id"]: row for row in read_jsonl(folder / "before.jsonl")}
+    for row in read_jsonl(folder / "after.jsonl")[:EXAMPLES]:
+        lines.append(f"| {row['id']} | {shown(row['input'], 160)} | {shown(row['reference'])} | "
+                     f"{shown(before[row['id']]['prediction'])} | {shown(row['prediction'])} |")
+    return lines + [""]
+
+
+def task_table(names: list[str], setups: dict, metrics: dict, seeds: dict, task: str) -> list[str]:
+    # labels parsed from generated text: how many outputs named no label (they count as wrong)
+    parsed = any(setups[name]["metric"] == "label_match" for name in names)
+    lines = ["| experiment | model | kind | method | score | before | after | gain | rows |"
+             + (" unparseable before → after |" if parsed else ""),
+             "|---|---|---|---|---|---:|---:|---:|---:|" + ("---:|" if parsed else "")]
+    for name in names:
+        setup, result = setups[name], metrics[name]
+        key = HEADLINE[setup["metric"]]
+        unparseable = (f" {result['before']['unparseable']} → {result['after']['unparseable']} |"
+                       if "unparseable" in result["before"] else " |") if parsed else ""
+        lines.append(f"| [{name}](#{name}) | {setup['model']} | {setup['kind']} | {setup['method']} | {key} | "
+                     f"{fmt(result['before'][key])} | {fmt(result['after'][key])} | "
+                     f"{result['gain'][key]:+.4g} | {result['rows']} |{unparseable}")
+    rows_by_dataset: dict[str, set] = {}
+    for name in names:
+        ids = frozenset(row["id"] for row in read_jsonl(Path("data/predictions") / name / "after.jsonl"))
+        rows_by_dataset.setdefault(setups[name]["dataset"], set()).add(ids)
+    same = all(len(sets) == 1 for sets in rows_by_dataset.values())
+    if len(names) > 1:
+        lines += ["", "Side by side on the same test rows." if same else
+                  "Note: these experiments were scored on different test rows (predict.max_rows differs)."]
+    if task in seeds:
+        lines += ["", f"The seed's figure (another model and other data, for orientation only): {seeds[task]}."]
+    return lines + [""]
+
+
+def metric_definitions(names: list[str]) -> list[str]:
+    """Each metric module's own docstring, so the report and the code cannot disagree on a definition."""
+    import ast
+
+    lines = ["## How the scores are defined", ""]
+    for name in names:
+        source = (METRICS / name / f"{name}.py").read_text(encoding="utf-8")
+        lines += [f"### metrics/{name}", "", ast.get_docstring(ast.parse(source)) or "", ""]
     return lines
 
 
 def main(argv: list[str]) -> None:
     params = load_params("report")
     require_keys(params, "params.yaml report", "profile", "note")
-    experiments = load_params("experiments")
+    setups = {name: load_experiment(name) for name in load_params("experiments")}
+    metrics = {name: read_json(Path("reports/metrics") / f"{name}.json") for name in setups}
+    tasks: dict[str, list[str]] = {}
+    for name, setup in setups.items():
+        tasks.setdefault(setup.get("task") or setup["dataset"], []).append(name)
+
+    chart = [{"experiment": name, "metric": HEADLINE[setup["metric"]],
+              "before": metrics[name]["before"][HEADLINE[setup["metric"]]],
+              "after": metrics[name]["after"][HEADLINE[setup["metric"]]]} for name, setup in setups.items()]
+    for row, setup in zip(chart, setups.values()):
+        factor = 100 if SCALE.get(setup["metric"]) == "fraction" else 1
+        row.update(before_100=row["before"] * factor, after_100=row["after"] * factor)
+    with atomic_file(Path("reports/scores.csv")) as handle:
+        writer = csv.DictWriter(handle, fieldnames=["experiment", "metric", "before", "after"],
+                                extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(chart)
+    figure = plot_before_after(chart)
+
     lines = ["# Results", "", f"Profile: **{params['profile']}**. {params['note'].strip()}", "",
-             "ROUGE F-measures ×100 (rouge-score, stemmed; best of several references where a row has them).", ""]
-    for experiment in experiments:
-        lines += experiment_section(experiment, load_experiment(experiment))
-    lines += ["Rebuild with `dvc repro`; compare runs with `dvc exp show`. Timings are in "
+             "Each experiment is scored before training (zero-shot for a language model, a new untrained head "
+             "for a classifier) and after, on the same test rows. ROUGE, accuracy, F1 and refusal rates are "
+             "×100; seqeval scores are fractions. Every metric is defined in the docstring of its module in "
+             "`metrics/`.", "", f"![before and after]({figure.relative_to('reports').as_posix()})", ""]
+    for task, names in tasks.items():
+        lines += [f"## {task}", ""] + task_table(names, setups, metrics, params.get("seeds") or {}, task)
+    lines += ["## Every experiment", ""]
+    for names in tasks.values():
+        for name in names:
+            lines += experiment_section(name, setups[name], metrics[name])
+    lines += metric_definitions(sorted({setup["metric"] for setup in setups.values()}))
+    lines += ["Rebuild with `dvc repro`; compare runs with `dvc exp show --only-changed`. Timings are in "
               "`reports/speed/<experiment>.json`.", ""]
     with atomic_file(Path("reports/README.md")) as handle:
         handle.write("\n".join(lines))

@@ -1,14 +1,15 @@
-"""score: ROUGE-1/2/L/Lsum of zero-shot and fine-tuned predictions -> reports/metrics/<experiment>.json.
+"""score: before and after predictions through the experiment's metric -> reports/metrics/<experiment>.json.
 
-Uses Google's `rouge-score` directly: `evaluate.load("rouge")` fetches a metric script from the Hub, which
-cannot work offline. A row with several references (DialogSum test) scores against the best-matching one,
-as `evaluate`'s rouge does. Scores are F-measures x100, averaged over rows; both models are scored on the
-same rows, which this stage checks.
+Metrics are `evaluate` modules shipped in metrics/<name>/ and loaded by path (hub metric scripts cannot be
+fetched offline); users can load the same modules in a notebook with `evaluate.load("metrics/<name>")`.
+Each module's docstring defines its numbers. params.yaml score.<experiment> holds the metric's options
+(verbaliser synonyms, refusal phrases, stemming), passed to `compute` as they are. Both predictions must
+cover the same rows, which this stage checks; `gain` is after minus before for every score.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
+from typing import Any
 
 from stages.common import (
     StageError,
@@ -16,57 +17,55 @@ from stages.common import (
     load_params,
     one_item,
     read_jsonl,
+    read_labels,
     run_stage,
     write_json,
 )
 
-ROUGE_TYPES = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+METRICS_DIR = Path("metrics")
 
 
-def lsum_lines(text: str) -> str:
-    # rougeLsum compares sentence by sentence; it takes sentences as lines
-    return "\n".join(s for s in SENTENCE_END.split(text.strip()) if s)
+def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.exists():
+        raise StageError(f"{path}: not found (run dvc repro first)")
+    rows = {row["id"]: row for row in read_jsonl(path)}
+    if not rows:
+        raise StageError(f"{path}: no predictions to score")
+    return rows
 
 
-def rouge(predictions: dict[str, str], references: dict[str, list[str]], use_stemmer: bool) -> dict[str, float]:
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(ROUGE_TYPES, use_stemmer=use_stemmer)
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for row_id, prediction in predictions.items():
-        targets = [lsum_lines(t) for t in references[row_id]]
-        scores = scorer.score_multi(targets, lsum_lines(prediction))
-        for name in ROUGE_TYPES:
-            totals[name] += scores[name].fmeasure
-    return {name: round(100 * total / len(predictions), 2) for name, total in totals.items()}
+def score_rows(metric, rows: list[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any]:
+    predictions = [row["prediction"] for row in rows]
+    references = [row["reference"] for row in rows]
+    return metric.compute(predictions=predictions, references=references, **options)
 
 
 def main(argv: list[str]) -> None:
     experiment = one_item(argv, "score")
     setup = load_experiment(experiment)
-    params = load_params("score", experiment)
-    test_rows = read_jsonl(Path("data/converted") / setup["dataset"] / "test.jsonl")
-    references = {row["id"]: row.get("references") or [row["output"]] for row in test_rows}
+    options = dict(load_params("score", experiment) or {})
+    if setup["metric"] == "label_match":  # a head may predict a label that no test row has
+        options.setdefault("labels", read_labels(setup))
+    folder = Path("data/predictions") / experiment
+    before, after = read_predictions(folder / "before.jsonl"), read_predictions(folder / "after.jsonl")
+    if set(before) != set(after):
+        raise StageError(f"{folder}: before.jsonl and after.jsonl hold different rows; both must be scored "
+                         f"on the same rows ({len(set(before) ^ set(after))} differ)")
 
-    metrics: dict[str, object] = {}
-    ids = None
-    for which in ("zeroshot", "finetuned"):
-        path = Path("data/predictions") / experiment / f"{which}.jsonl"
-        predictions = {row["id"]: row["prediction"] for row in read_jsonl(path)}
-        unknown = set(predictions) - set(references)
-        if unknown:
-            raise StageError(f"{path}: ids not in the test split: {sorted(unknown)[:5]}")
-        if ids is not None and set(predictions) != ids:
-            raise StageError(f"{path}: scored rows differ from zeroshot's; before and after must share rows")
-        ids = set(predictions)
-        if not predictions:
-            raise StageError(f"{path}: no predictions to score")
-        metrics[which] = rouge(predictions, references, bool(params.get("use_stemmer", True)))
-    metrics["rows"] = len(ids)
-    metrics["gain"] = {name: round(metrics["finetuned"][name] - metrics["zeroshot"][name], 2) for name in ROUGE_TYPES}
-    write_json(Path("reports/metrics") / f"{experiment}.json", metrics)
-    print(f"[score] {experiment} on {len(ids)} rows: zero-shot {metrics['zeroshot']}, fine-tuned {metrics['finetuned']}")
+    import evaluate
+
+    metric = evaluate.load(str(METRICS_DIR / setup["metric"]))
+    ids = sorted(before)
+    try:
+        scores = {which: score_rows(metric, [rows[i] for i in ids], options)
+                  for which, rows in (("before", before), ("after", after))}
+    except TypeError as err:  # an option the metric does not take
+        raise StageError(f"params.yaml score.{experiment}: {err}") from None
+    scores["gain"] = {name: round(scores["after"][name] - value, 4)
+                      for name, value in scores["before"].items() if isinstance(value, float)}
+    write_json(Path("reports/metrics") / f"{experiment}.json", {"rows": len(ids), **scores})
+    print(f"[score] {experiment} ({setup['metric']}) on {len(ids)} rows: before {scores['before']}, "
+          f"after {scores['after']}")
 
 
 if __name__ == "__main__":

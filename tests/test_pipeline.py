@@ -1,7 +1,9 @@
-"""End to end on a real git + DVC repository: the real SmolLM2 model, small settings, DVC's own output.
+"""End to end on a real git + DVC repository: the real SmolLM2 and MiniLM models, small settings, DVC's own
+output.
 
-One repository is built per module (fetching the model costs ~25 s), and the tests run in order on it:
-a full run, a no-op run, a train change, a tokenize change, an experiment.
+One repository is built per module (fetching SmolLM2 costs ~25 s) with two of the default experiments, a
+LoRA on SmolLM2 (with its merge) and a MiniLM classification head, and the tests run in order on it: a
+full run, a no-op run, a train change, a tokenize change, an experiment.
 """
 from __future__ import annotations
 
@@ -22,8 +24,11 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
-EXPERIMENT = "dialogsum"
-AFTER_TRAIN = {"train", "merge", "generate_finetuned", "report"}  # report: the loss curve changed
+EXPERIMENT = "dialogsum-lora"
+OTHER = "phrasebank-head"  # a second experiment that a change to the first must leave alone
+KEEP = {"experiments": [EXPERIMENT, OTHER], "download": ["dialogsum", "phrasebank"],
+        "convert": ["dialogsum", "phrasebank"]}
+AFTER_TRAIN = {f"{stage}@{EXPERIMENT}" for stage in ("train", "merge", "predict_after")} | {"report"}
 
 
 def predictions(repo: Path) -> dict[str, str]:
@@ -39,8 +44,12 @@ def sh(repo: Path, *command: str, check: bool = True) -> subprocess.CompletedPro
 
 
 def stages_run(output: str) -> set[str]:
-    """Stage names DVC says it ran ('Running stage 'train@dialogsum':'), without the @item."""
-    return {name.split("@")[0] for name in re.findall(r"Running stage '([^']+)'", output)}
+    """Stage names DVC says it ran ('Running stage 'train@dialogsum-lora':'), with their @item."""
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def stage_names(output: str) -> set[str]:
+    return {name.split("@")[0] for name in stages_run(output)}
 
 
 def set_param(repo: Path, dotted: str, value) -> None:
@@ -50,15 +59,21 @@ def set_param(repo: Path, dotted: str, value) -> None:
     for key in path:
         node = node[key]
     node[last] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
 
 
 def small_settings(repo: Path) -> None:
-    """Same pipeline, fewer rows and steps, so the whole module stays within a few minutes on 2 cores."""
-    set_param(repo, f"train.{EXPERIMENT}.max_steps", 2)
-    set_param(repo, f"train.{EXPERIMENT}.batch_size", 4)
-    set_param(repo, f"generate.{EXPERIMENT}.max_rows", 2)
-    set_param(repo, f"generate.{EXPERIMENT}.max_new_tokens", 8)
+    """Same pipeline, two experiments, fewer rows and steps: the module stays within minutes on 2 cores."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for group in ("experiments", "tokenize", "train", "merge", "predict", "score", "download", "convert"):
+        keep = KEEP.get(group, KEEP["experiments"])
+        params[group] = {name: entry for name, entry in params[group].items() if name in keep}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    for name in (EXPERIMENT, OTHER):
+        set_param(repo, f"train.{name}.max_steps", 2)
+        set_param(repo, f"train.{name}.batch_size", 4)
+    set_param(repo, f"predict.{EXPERIMENT}.max_rows", 2)
+    set_param(repo, f"predict.{EXPERIMENT}.max_new_tokens", 8)
 
 
 @pytest.fixture(scope="module")
@@ -82,20 +97,28 @@ def repo(tmp_path_factory) -> Path:
 
 def test_full_run_writes_scored_report(repo):
     result = sh(repo, "dvc", "repro")
-    assert stages_run(result.stdout) == {"fetch_model", "download", "convert", "tokenize", "train", "merge",
-                                         "generate_zeroshot", "generate_finetuned", "score", "report"}
+    assert stages_run(result.stdout) == {f"fetch_model@{m}" for m in ("smollm2-135m", "minilm-l6")} | {
+        f"{stage}@{d}" for stage in ("download", "convert") for d in ("dialogsum", "phrasebank")} | {
+        f"{stage}@{e}" for stage in ("tokenize", "train", "predict_before", "predict_after", "score")
+        for e in (EXPERIMENT, OTHER)} | {f"merge@{EXPERIMENT}", "report"}  # no merge for a full fine-tune
     metrics = json.loads((repo / "reports/metrics" / f"{EXPERIMENT}.json").read_text())
     assert metrics["rows"] == 2
-    for which in ("zeroshot", "finetuned"):
+    for which in ("before", "after"):
         assert set(metrics[which]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
         assert all(0.0 <= v <= 100.0 for v in metrics[which].values())
+    head = json.loads((repo / "reports/metrics" / f"{OTHER}.json").read_text())
+    assert set(head["after"]) == {"accuracy", "macro_f1", "unparseable", "rows"} and head["after"]["unparseable"] == 0
     report = (repo / "reports/README.md").read_text()
+    assert "## dialogue summarization" in report and "## financial sentiment" in report
     assert "| rougeL |" in report and (repo / "reports/plots" / f"{EXPERIMENT}-loss.png").stat().st_size > 1000
+    assert (repo / "reports/plots/before-after.png").stat().st_size > 1000
     loss = (repo / "reports/train" / EXPERIMENT / "loss.csv").read_text().splitlines()
     assert loss[0] == "step,epoch,loss,learning_rate" and len(loss) == 3  # header + 2 steps
-    adapter = repo / "models/adapters" / EXPERIMENT
-    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    adapter = repo / "models/trained" / EXPERIMENT
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                         "recipe.json"]
     assert (repo / "models/merged" / EXPERIMENT / "model.safetensors").exists()
+    assert json.loads((repo / "models/merged" / EXPERIMENT / "merge_check.json").read_text())["passed"]
     assert not list((repo / "models").rglob("*.bin"))  # safetensors only
 
 
@@ -112,17 +135,18 @@ def test_training_param_reruns_exactly_train_and_what_follows(repo):
     set_param(repo, f"train.{EXPERIMENT}.lora.r", 4)
     result = sh(repo, "dvc", "repro")
     # score re-runs only if the new model's predictions differ: DVC compares content, not timestamps
-    rescored = {"score"} if predictions(repo) != before else set()
-    assert stages_run(result.stdout) == AFTER_TRAIN | rescored
-    assert "Stage 'tokenize@dialogsum' didn't change" in result.stdout
+    rescored = {f"score@{EXPERIMENT}"} if predictions(repo) != before else set()
+    assert stages_run(result.stdout) == AFTER_TRAIN | rescored  # nothing of the other experiment
+    assert f"Stage 'tokenize@{EXPERIMENT}' didn't change" in result.stdout
+    assert f"Stage 'train@{OTHER}' didn't change" in result.stdout
 
 
 def test_tokenize_param_reruns_tokenize_onwards_but_not_convert_or_download(repo):
     before = predictions(repo)
     set_param(repo, f"tokenize.{EXPERIMENT}.system_prompt", "You summarize dialogues in one sentence.")
     result = sh(repo, "dvc", "repro")
-    rescored = {"score"} if predictions(repo) != before else set()
-    assert stages_run(result.stdout) == AFTER_TRAIN | {"tokenize", "generate_zeroshot"} | rescored
+    rescored = {f"score@{EXPERIMENT}"} if predictions(repo) != before else set()
+    assert stages_run(result.stdout) == AFTER_TRAIN | {f"tokenize@{EXPERIMENT}", f"predict_before@{EXPERIMENT}"} | rescored
     assert "Stage 'convert@dialogsum' didn't change" in result.stdout
     assert "Stage 'download@dialogsum' didn't change" in result.stdout
 
@@ -134,7 +158,7 @@ def test_labels_mask_exactly_the_prompt_with_the_real_chat_template(repo):
     tokenizer = AutoTokenizer.from_pretrained(repo / "models/base/smollm2-135m")
     rows = load_from_disk(str(repo / "data/tokenized" / EXPERIMENT / "train")).to_list()
     converted = {json.loads(line)["id"]: json.loads(line)
-                 for line in (repo / "data/converted" / EXPERIMENT / "train.jsonl").read_text().splitlines()}
+                 for line in (repo / "data/converted/dialogsum/train.jsonl").read_text().splitlines()}
     for row in rows[:5]:
         cut = row["prompt_length"]
         assert row["labels"][:cut] == [-100] * cut and row["labels"][cut:] == row["input_ids"][cut:]
@@ -145,11 +169,11 @@ def test_labels_mask_exactly_the_prompt_with_the_real_chat_template(repo):
 
 
 def test_forced_retrain_gives_byte_identical_adapter(repo):
-    adapter = repo / "models/adapters" / EXPERIMENT
+    adapter = repo / "models/trained" / EXPERIMENT
     before = {p.name: p.read_bytes() for p in adapter.iterdir()}
     sh(repo, "dvc", "repro", "-f", "-s", f"train@{EXPERIMENT}")  # a new process: a new Python hash seed
     assert {p.name: p.read_bytes() for p in adapter.iterdir()} == before  # seeded, threads pinned, sorted config
-    assert "merge@dialogsum" not in sh(repo, "dvc", "status").stdout  # so nothing downstream is stale
+    assert f"merge@{EXPERIMENT}" not in sh(repo, "dvc", "status").stdout  # so nothing downstream is stale
 
 
 def test_test_only_data_change_regenerates_but_never_retrains(repo):
@@ -159,8 +183,8 @@ def test_test_only_data_change_regenerates_but_never_retrains(repo):
     with open(test_file, "a") as handle:
         handle.write(json.dumps(row) + "\n")
     result = sh(repo, "dvc", "repro")
-    ran = stages_run(result.stdout)
-    assert {"download", "convert", "tokenize", "generate_zeroshot", "generate_finetuned"} <= ran
+    ran = stage_names(result.stdout)
+    assert {"download", "convert", "tokenize", "predict_before", "predict_after"} <= ran
     assert not ran & {"fetch_model", "train", "merge"}  # the train split's bytes did not change
 
 
@@ -177,31 +201,35 @@ def test_exp_run_and_exp_show_list_both_runs_with_rouge(repo):
             name = revision.get("name") or run.get("name") or data.get("rev")
             metrics = data.get("metrics", {}).get(f"reports/metrics/{EXPERIMENT}.json", {}).get("data", {})
             if metrics:
-                rouge[name] = metrics["finetuned"]["rougeL"]
+                rouge[name] = metrics["after"]["rougeL"]
+            # bookkeeping (ledgers, token counts, timings, training totals) is not among the metrics
+            assert set(data.get("metrics", {})) <= {f"reports/metrics/{e}.json" for e in (EXPERIMENT, OTHER)}
     assert "rank8" in rouge and len(rouge) >= 2, shown
-    table = sh(repo, "dvc", "exp", "show", "--no-pager", "--md").stdout
-    assert "rank8" in table and "finetuned.rougeL" in table
+    table = sh(repo, "dvc", "exp", "show", "--no-pager", "--md", "--only-changed").stdout  # the README's command
+    header = table.splitlines()[0]
+    assert "rank8" in table and f"train.{EXPERIMENT}.lora.r" in header and "ledger" not in header
+    assert f"train.{OTHER}" not in header  # unchanged columns are hidden
 
 
 def test_convert_and_tokenize_bytes_survive_touched_and_moved_inputs(repo, tmp_path):
     def digest(root: Path) -> dict[str, str]:
         import hashlib
-        outs = [root / "data/converted" / EXPERIMENT, root / "data/tokenized" / EXPERIMENT]
+        outs = [root / "data/converted/dialogsum", root / "data/tokenized" / EXPERIMENT]
         return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
                 for out in outs for p in sorted(out.rglob("*")) if p.is_file()}
 
     before = digest(repo)
     assert any(name.endswith(".arrow") for name in before)
-    for raw in (repo / "data/raw" / EXPERIMENT).iterdir():
+    for raw in (repo / "data/raw/dialogsum").iterdir():
         os.utime(raw, (1, 1))  # touched: new mtimes, same bytes
-    sh(repo, "dvc", "repro", "-f", "-s", f"convert@{EXPERIMENT}")
+    sh(repo, "dvc", "repro", "-f", "-s", "convert@dialogsum")
     sh(repo, "dvc", "repro", "-f", "-s", f"tokenize@{EXPERIMENT}")
     assert digest(repo) == before
     moved = tmp_path / "elsewhere"  # copied elsewhere: other absolute paths, same bytes
     shutil.copytree(repo, moved, symlinks=False, ignore=shutil.ignore_patterns(".dvc"))
     shutil.copytree(repo / ".dvc", moved / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
-    for stage in ("convert", "tokenize"):
-        sh(moved, sys.executable, "-m", f"stages.{stage}", EXPERIMENT)
+    sh(moved, sys.executable, "-m", "stages.convert", "dialogsum")
+    sh(moved, sys.executable, "-m", "stages.tokenize", EXPERIMENT)
     assert digest(moved) == before
 
 

@@ -1,0 +1,180 @@
+"""Every model kind x training method the experiments or the seeds use, on a tiny model of the right
+architecture built from a config: the real stages tokenize, train two steps, save, reload (the reloaded
+model gives the same outputs as the one in memory), predict before and after, merge where it applies.
+
+Stages run in-process in a scratch workspace (their own params.yaml, converted rows and base model), so
+each case takes a second or two.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from stages import merge as merge_stage
+from stages import predict as predict_stage
+from stages import tokenize as tokenize_stage
+from stages import train as train_stage
+from stages.common import StageError, write_json, write_jsonl
+from stages.modeling import attach_method, load_base, load_trained
+from tests.tiny_models import write_tiny_model
+
+# (architecture, kind, method): the default experiments' pairs and the seeds' own
+CASES = [
+    ("llama", "causal_lm", "lora"), ("llama", "causal_lm", "qlora"), ("llama", "causal_lm", "prompt_tuning"),
+    ("llama", "causal_lm", "full"),
+    ("t5", "seq2seq", "lora"), ("t5", "seq2seq", "full"),               # flan-t5 word senses
+    ("gpt_neo", "token_head", "lora"), ("gpt_neo", "causal_lm", "prompt_tuning"),  # GPT-Neo NER, PhraseBank/MRPC
+    ("gpt2", "sequence_head", "full"), ("gpt2", "causal_lm", "lora"),   # gpt2 head vs instruction tuning
+    ("phi", "causal_lm", "qlora"),                                      # phi-2 DialogSum QLoRA
+    ("bert", "token_head", "lora"), ("bert", "token_head", "full"),     # MiniLM NER
+    ("bert", "sequence_head", "full"), ("bert", "sequence_head", "lora"), ("bert", "sequence_head", "prompt_tuning"),
+]
+TARGETS = {"llama": ["q_proj", "v_proj"], "t5": ["q", "v"], "gpt_neo": ["q_proj", "v_proj"], "gpt2": ["c_attn"],
+           "phi": ["q_proj", "v_proj", "dense", "fc1", "fc2"], "bert": ["query", "value"]}
+METRIC = {"causal_lm": "rouge_any", "seq2seq": "rouge_any", "token_head": "ner_seqeval", "sequence_head": "label_match"}
+TAGS = ["O", "B-protein", "I-protein", "B-DNA", "I-DNA"]
+
+
+def rows_for(kind: str, split: str, count: int) -> list[dict]:
+    rows = []
+    for n in range(count):
+        key = f"{split}-{n}"
+        if kind in ("causal_lm", "seq2seq"):
+            rows.append({"id": key, "kind": "instruction", "instruction": "Summarize the dialogue.",
+                         "input": f"#Person1#: Shall we meet at {n} o'clock? #Person2#: Yes, see you then.",
+                         "output": f"They agree to meet at {n} o'clock.", "split": split})
+        elif kind == "token_head":
+            rows.append({"id": key, "kind": "tokens", "split": split,
+                         "tokens": ["IL-2", "gene", "expression", "needs", "NF-kappa", "B", "binding", "."],
+                         "tags": ["B-DNA", "I-DNA", "O", "O", "B-protein", "I-protein", "O", "O"]})
+        else:
+            rows.append({"id": key, "kind": "labelled", "split": split, "text": f"Sales rose {n} % in May .",
+                         "text_pair": "Revenue grew in May .", "label": ["yes", "no"][n % 2]})
+    return rows
+
+
+def workspace(root: Path, arch: str, kind: str, method: str) -> str:
+    """A scratch repository layout: params.yaml, one converted dataset, one tiny base model."""
+    write_tiny_model(arch, root / "models/base/tiny")
+    converted = root / "data/converted/toy"
+    for split, count in (("train", 8), ("validation", 2), ("test", 3)):
+        write_jsonl(converted / f"{split}.jsonl", rows_for(kind, split, count))
+    write_json(converted / "labels.json", {"token_head": TAGS, "sequence_head": ["no", "yes"]}.get(kind, []))
+    train = {"learning_rate": 0.01, "epochs": 1, "max_steps": 2, "batch_size": 4, "threads": 2,
+             "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": TARGETS[arch]},
+             "prompt_tuning": {"virtual_tokens": 4, "init_text": "Summarize this"}}
+    experiment = {"dataset": "toy", "model": "tiny", "kind": kind, "method": method, "metric": METRIC[kind],
+                  "seed": 7}
+    if method == "qlora":
+        experiment["qlora"] = {"quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+    params = {"experiments": {"toy": experiment},
+              "tokenize": {"toy": {"max_length": 512}}, "train": {"toy": train},
+              "predict": {"toy": {"batch_size": 2, "max_new_tokens": 4}}, "merge": {"toy": {"tolerance": 1e-3}}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return "toy"
+
+
+def outputs(model, rows: list[dict]) -> torch.Tensor:
+    """Logits of each test row (for a seq2seq model, of the first decoder step given the answer's start)."""
+    model.eval()
+    results = []
+    with torch.no_grad():
+        for row in rows:
+            inputs = {"input_ids": torch.tensor([row["input_ids"]])}
+            if "token_type_ids" in row:
+                inputs["token_type_ids"] = torch.tensor([row["token_type_ids"]])
+            if getattr(model.config, "is_encoder_decoder", False):
+                inputs["decoder_input_ids"] = torch.tensor([[model.config.decoder_start_token_id] + row["labels"][:2]])
+            results.append(model(**inputs).logits.float().flatten())
+    return torch.cat(results)
+
+
+@pytest.mark.parametrize("arch,kind,method", CASES, ids=["-".join(case) for case in CASES])
+def test_trains_two_steps_saves_and_reloads_to_the_same_outputs(arch, kind, method, tmp_path, monkeypatch):
+    from datasets import load_from_disk
+    from transformers import set_seed
+
+    monkeypatch.chdir(tmp_path)
+    name = workspace(tmp_path, arch, kind, method)
+    tokenize_stage.main([name])
+    trained_in_memory = train_stage.main([name])
+
+    summary = json.loads(Path(f"reports/train/{name}/summary.json").read_text())
+    assert summary["steps"] == 2 and summary["trainable_params"] > 0
+    folder = Path("models/trained") / name
+    saved = sorted(p.name for p in folder.iterdir())
+    assert not [n for n in saved if n.endswith((".bin", ".pt", ".pth"))]  # safetensors only
+    expected = {"full": "model.safetensors"}.get(method, "adapter_model.safetensors")
+    assert expected in saved and "recipe.json" in saved
+
+    test_rows = load_from_disk(f"data/tokenized/{name}/test").to_list()
+    reloaded = load_trained(Path("models/base/tiny"), folder)
+    after = outputs(trained_in_memory, test_rows)
+    assert torch.equal(after, outputs(reloaded, test_rows))
+    # the same model at step 0 (same seed: same new head, adapter or prompt) gives other outputs
+    set_seed(7)
+    labels = json.loads(Path("data/converted/toy/labels.json").read_text()) or None
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    base = Path("models/base/tiny")
+    start = attach_method(load_base(kind, base, labels=labels, qlora=params["experiments"][name].get("qlora")),
+                          kind, method, params["train"][name], base)
+    assert not torch.allclose(after, outputs(start, test_rows), atol=1e-4)
+
+    for which in ("before", "after"):
+        predict_stage.main([name, which])
+        predictions = [json.loads(line) for line in Path(f"data/predictions/{name}/{which}.jsonl").read_text().splitlines()]
+        assert [p["id"] for p in predictions] == ["test-0", "test-1", "test-2"]
+        if kind == "token_head":  # one tag per word, mapped back from the first sub-tokens
+            assert all(len(p["prediction"]) == len(p["reference"]) == 8 and set(p["prediction"]) <= set(TAGS)
+                       for p in predictions)
+        elif kind == "sequence_head":
+            assert all(p["prediction"] in ("no", "yes") for p in predictions)
+        else:
+            assert all(isinstance(p["prediction"], str) for p in predictions)
+
+    if method in ("lora", "qlora"):
+        merge_stage.main([name])
+        check = json.loads(Path(f"models/merged/{name}/merge_check.json").read_text())
+        assert check["passed"] and check["max_abs_logit_difference"] <= 1e-3
+        assert (Path(f"models/merged/{name}") / "model.safetensors").exists()
+
+
+def test_tokens_label_only_the_first_sub_token_of_each_word(tmp_path, monkeypatch):
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    monkeypatch.chdir(tmp_path)
+    name = workspace(tmp_path, "bert", "token_head", "full")
+    tokenize_stage.main([name])
+    row = load_from_disk(f"data/tokenized/{name}/train")[0]
+    tokenizer = AutoTokenizer.from_pretrained("models/base/tiny")
+    words = rows_for("token_head", "train", 1)[0]
+    first_pieces = [i for i, w in enumerate(row["word_ids"]) if w >= 0 and row["word_ids"][i - 1] != w]
+    assert len(first_pieces) == len(words["tokens"])  # every word kept its first sub-token
+    assert [row["labels"][i] for i in first_pieces] == [TAGS.index(t) for t in words["tags"]]
+    others = [label for i, label in enumerate(row["labels"]) if i not in first_pieces]
+    assert others and set(others) == {-100}  # later sub-tokens and [CLS]/[SEP] are ignored by the loss
+    assert tokenizer.convert_ids_to_tokens(row["input_ids"][0]) == "[CLS]"
+
+
+def test_sentence_pairs_keep_their_segment_ids(tmp_path, monkeypatch):
+    from datasets import load_from_disk
+
+    monkeypatch.chdir(tmp_path)
+    name = workspace(tmp_path, "bert", "sequence_head", "full")
+    tokenize_stage.main([name])
+    row = load_from_disk(f"data/tokenized/{name}/train")[1]
+    assert row["labels"] == 0  # train-1 is "no", label 0 of labels.json ["no", "yes"]
+    assert set(row["token_type_ids"]) == {0, 1} and row["token_type_ids"][0] == 0 and row["token_type_ids"][-1] == 1
+
+
+def test_a_head_cannot_read_instruction_rows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = workspace(tmp_path, "bert", "sequence_head", "full")
+    write_jsonl(tmp_path / "data/converted/toy/train.jsonl", rows_for("causal_lm", "train", 2))
+    with pytest.raises(StageError, match="dataset 'toy' holds instruction rows; a sequence_head reads labelled rows"):
+        tokenize_stage.main([name])
