@@ -57,7 +57,8 @@ def main(argv: list[str]) -> None:
     trained = Path("models/trained") / experiment
     read_recipe(trained)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    adapter_model = load_trained(base, trained, dequantize=True)
+    # dtype: a 7B model merges in float16 in half the memory of float32 (set its tolerance to match)
+    adapter_model = load_trained(base, trained, dequantize=True, dtype=params.get("dtype", "float32"))
     expected = logits(adapter_model, tokenizer, CHECK_TEXTS)
     merged = adapter_model.merge_and_unload()
     difference = float((logits(merged, tokenizer, CHECK_TEXTS) - expected).abs().max())

@@ -190,7 +190,7 @@ def canonical_adapter_config(path: Path) -> None:
 
 # --- reloading ----------------------------------------------------------------------------------------------
 
-def load_trained(base: Path, trained: Path, dequantize: bool = False):
+def load_trained(base: Path, trained: Path, dequantize: bool = False, dtype: str = "float32"):
     """The trained model from its folder, for prediction or merging (eval mode).
 
     A QLoRA adapter reloads on the same 4-bit base it trained on; with `dequantize`, on that base
@@ -201,8 +201,8 @@ def load_trained(base: Path, trained: Path, dequantize: bool = False):
     recipe = json.loads((trained / RECIPE).read_text(encoding="utf-8"))
     kind, method, labels, qlora = recipe["kind"], recipe["method"], recipe["labels"], recipe["qlora"]
     if method == "full":
-        return load_base(kind, trained).eval()
-    model = load_base(kind, base, labels=labels, qlora=qlora)
+        return load_base(kind, trained, dtype=dtype).eval()
+    model = load_base(kind, base, labels=labels, qlora=qlora, dtype=dtype)
     if qlora is not None and dequantize:
         model = model.dequantize()
     return PeftModel.from_pretrained(model, trained).eval()

@@ -142,6 +142,9 @@ def main(argv: list[str]) -> None:
         predictions = generate(model, tokenizer, rows, params, encoder_decoder)
     else:
         predictions = classify(model, tokenizer, rows, params, labels)
+        for row_id, tags in predictions.items():  # words cut with a too-long input are predicted O
+            if isinstance(tags, list):
+                tags.extend(["O"] * (len(records[row_id]["tokens"]) - len(tags)))
     out = Path("data/predictions") / experiment / f"{which}.jsonl"
     write_jsonl(out, ({"id": row["id"], "input": shown_input(records[row["id"]]),
                        "prediction": predictions[row["id"]],

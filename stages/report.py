@@ -1,9 +1,9 @@
-"""report: reports/README.md with every experiment's before and after, grouped by task, plus charts.
+"""report: <report.dir>/README.md (reports/ by default) with every experiment's before and after, by task.
 
 Reads only what tokenize, train, predict and score wrote, so it re-runs in seconds and never touches a
 model. Experiments of one task sit in one table (a head beside instruction tuning and prompt tuning on the
 same test rows, which this stage checks), with the seeds' published figures beside them, labelled as other
-models and data. Writes reports/plots/ (loss curves, a before/after chart) and reports/scores.csv (the
+models and data. Writes plots/ (loss curves, a before/after chart) and scores.csv (the
 chart's numbers, a DVC plot). Says which profile ran: the embedded default shows the mechanics in
 minutes, not a quality gain.
 """
@@ -23,7 +23,6 @@ from stages.common import (
     run_stage,
 )
 
-PLOTS = Path("reports/plots")
 METRICS = Path("metrics")
 HEADLINE = {"rouge_any": "rougeL", "ner_seqeval": "f1", "label_match": "accuracy", "refusal": "refusal_recall"}
 SCALE = {"ner_seqeval": "fraction"}  # seqeval reports 0-1 (as the NER literature does); the others ×100
@@ -49,21 +48,32 @@ def pyplot():
     return plt
 
 
-def plot_loss(experiment: str, loss_csv: Path) -> Path:
+def read_curve(path: Path) -> tuple[list[int], list[float]]:
+    """A DVCLive plot file (tab-separated step and value); empty when the run logged none."""
+    if not path.exists():
+        return [], []
+    with open(path, encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    return [int(r["step"]) for r in rows], [float(r["loss"]) for r in rows]
+
+
+def plot_loss(experiment: str, live: Path, out: Path) -> Path:
     plt = pyplot()
-    with open(loss_csv, encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
     figure, axes = plt.subplots(figsize=(6, 3.2), dpi=100)
-    axes.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], marker="o", markersize=3)
-    axes.set(xlabel="optimizer step", ylabel="training loss", title=f"{experiment}: training loss")
+    for split, style in (("train", "o"), ("eval", "s")):
+        steps, losses = read_curve(live / "plots/metrics" / split / "loss.tsv")
+        if steps:
+            axes.plot(steps, losses, marker=style, markersize=3, label="validation" if split == "eval" else split)
+    axes.legend(fontsize=8)
+    axes.set(xlabel="optimizer step", ylabel="loss", title=f"{experiment}: training and validation loss")
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    path = save_figure(figure, PLOTS / f"{experiment}-loss.png")
+    path = save_figure(figure, out / "plots" / f"{experiment}-loss.png")
     plt.close(figure)
     return path
 
 
-def plot_before_after(rows: list[dict[str, Any]]) -> Path:
+def plot_before_after(rows: list[dict[str, Any]], out: Path) -> Path:
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2), dpi=100)
     labels = [f"{r['experiment']} ({r['metric']})" for r in rows]
@@ -76,7 +86,7 @@ def plot_before_after(rows: list[dict[str, Any]]) -> Path:
     axes.legend(loc="lower right", fontsize=8)
     axes.grid(axis="x", alpha=0.3)
     figure.tight_layout()
-    path = save_figure(figure, PLOTS / "before-after.png")
+    path = save_figure(figure, out / "plots" / "before-after.png")
     plt.close(figure)
     return path
 
@@ -95,24 +105,28 @@ def shown(value: Any, limit: int = 240) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def experiment_section(name: str, setup: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+def experiment_section(name: str, setup: dict[str, Any], metrics: dict[str, Any], out: Path) -> list[str]:
     summary = read_json(Path("reports/train") / name / "summary.json")
     counts = read_json(Path("reports/tokenize") / f"{name}.json")
-    dropped = {split: c["dropped"] for split, c in counts.items() if c["dropped"]}
+    dropped = counts["train"]["dropped"]
+    cut = counts["test"].get("truncated", 0)
     lines = [f"### {name}", "",
              f"`{setup['model']}` as {setup['kind']}, trained by {setup['method']}, scored by "
-             f"`metrics/{setup['metric']}` on {metrics['rows']} test rows before and after."
-             + (f" Rows longer than tokenize.max_length were left out: {dropped}." if dropped else ""), "",
+             f"`metrics/{setup['metric']}` on {metrics['rows']} of the test split's {counts['test']['rows']} rows "
+             f"before and after." + (f" {cut} test prompts were cut to the model's context." if cut else "")
+             + (f" {dropped} training rows longer than tokenize.max_length were left out." if dropped else ""), "",
              "| score | before | after | gain |", "|---|---:|---:|---:|"]
     for key, before in metrics["before"].items():
         gain = metrics["gain"].get(key)
         lines.append(f"| {key} | {fmt(before)} | {fmt(metrics['after'][key])} | "
                      f"{'' if gain is None else f'{gain:+.4g}'} |")
-    plot = plot_loss(name, Path("reports/train") / name / "loss.csv")
+    plot = plot_loss(name, Path("reports/train") / name / "live", out)
     lines += ["", f"Training: {summary['steps']} steps over {summary['rows']} rows, {summary['real_tokens']} "
               f"tokens, {summary['trainable_params']:,} trainable parameters, loss {summary['first_loss']:.3f} → "
-              f"{summary['final_loss']:.3f}, {summary['pad_fraction']:.1%} of batch tokens were padding.", "",
-              f"![{name} training loss]({plot.relative_to('reports').as_posix()})", "",
+              f"{summary['final_loss']:.3f}" + (f", validation loss {summary['final_eval_loss']:.3f}"
+              if summary.get("final_eval_loss") is not None else "") + f", {summary['pad_fraction']:.1%} of "
+              "batch tokens were padding.", "",
+              f"![{name} training loss]({plot.relative_to(out).as_posix()})", "",
               "| id | input | reference | before | after |", "|---|---|---|---|---|"]
     folder = Path("data/predictions") / name
     before = {row["id"]: row for row in read_jsonl(folder / "before.jsonl")}
@@ -162,7 +176,8 @@ def metric_definitions(names: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> None:
     params = load_params("report")
-    require_keys(params, "params.yaml report", "profile", "note")
+    require_keys(params, "params.yaml report", "profile", "note", "dir")
+    out = Path(params["dir"])  # reports/ by default; the real profile writes reports/real/
     setups = {name: load_experiment(name) for name in load_params("experiments")}
     metrics = {name: read_json(Path("reports/metrics") / f"{name}.json") for name in setups}
     tasks: dict[str, list[str]] = {}
@@ -175,30 +190,30 @@ def main(argv: list[str]) -> None:
     for row, setup in zip(chart, setups.values()):
         factor = 100 if SCALE.get(setup["metric"]) == "fraction" else 1
         row.update(before_100=row["before"] * factor, after_100=row["after"] * factor)
-    with atomic_file(Path("reports/scores.csv")) as handle:
+    with atomic_file(out / "scores.csv") as handle:
         writer = csv.DictWriter(handle, fieldnames=["experiment", "metric", "before", "after"],
                                 extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(chart)
-    figure = plot_before_after(chart)
+    figure = plot_before_after(chart, out)
 
     lines = ["# Results", "", f"Profile: **{params['profile']}**. {params['note'].strip()}", "",
              "Each experiment is scored before training (zero-shot for a language model, a new untrained head "
              "for a classifier) and after, on the same test rows. ROUGE, accuracy, F1 and refusal rates are "
              "×100; seqeval scores are fractions. Every metric is defined in the docstring of its module in "
-             "`metrics/`.", "", f"![before and after]({figure.relative_to('reports').as_posix()})", ""]
+             "`metrics/`.", "", f"![before and after]({figure.relative_to(out).as_posix()})", ""]
     for task, names in tasks.items():
         lines += [f"## {task}", ""] + task_table(names, setups, metrics, params.get("seeds") or {}, task)
     lines += ["## Every experiment", ""]
     for names in tasks.values():
         for name in names:
-            lines += experiment_section(name, setups[name], metrics[name])
+            lines += experiment_section(name, setups[name], metrics[name], out)
     lines += metric_definitions(sorted({setup["metric"] for setup in setups.values()}))
     lines += ["Rebuild with `dvc repro`; compare runs with `dvc exp show --only-changed`. Timings are in "
               "`reports/speed/<experiment>.json`.", ""]
-    with atomic_file(Path("reports/README.md")) as handle:
+    with atomic_file(out / "README.md") as handle:
         handle.write("\n".join(lines))
-    print("[report] reports/README.md")
+    print(f"[report] {out / 'README.md'}")
 
 
 if __name__ == "__main__":

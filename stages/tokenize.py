@@ -9,9 +9,10 @@ One encoder per model kind (stages/modeling.py has the table), each writing `inp
 - sequence_head: a sentence or a sentence pair; the label's index in the dataset's labels.json.
 Labelled rows reach a language model through `prompt` (a template and a verbaliser such as
 {equivalent: "yes"}), so one converted dataset serves a head and an LLM alike.
-Nothing is padded here: the train stage pads per batch. Rows too long are dropped and listed in
-`dropped.jsonl`, never silently (for evaluation rows only the prompt must fit), and the counts per split
-go to reports/tokenize/<experiment>.json.
+Nothing is padded here: the train stage pads per batch. Training rows longer than `max_length` are left
+out and listed in `dropped.jsonl`; evaluation rows are all kept (scores cover the whole split), an
+evaluation prompt longer than the model's context (or `eval_max_length`) cut by the rule in
+`fit_to_context`. The counts per split go to reports/tokenize/<experiment>.json.
 """
 from __future__ import annotations
 
@@ -110,10 +111,45 @@ ENCODERS = {"causal_lm": encode_causal, "seq2seq": encode_seq2seq,
             "token_head": encode_token_head, "sequence_head": encode_sequence_head}
 
 
+def model_context(folder: Path, tokenizer) -> int:
+    """How many positions the model takes: its position table, else the tokenizer's limit (T5's relative
+    positions have no table; its tokenizer says 512)."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    positions = config.get("max_position_embeddings") or config.get("n_positions")
+    limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None
+    return min(filter(None, (positions, limit)), default=512)
+
+
+def fit_to_context(row: dict[str, Any], kind: str, limit: int) -> int:
+    """Cut an evaluation prompt longer than the model's context, keeping the row; returns tokens cut.
+
+    The rule: a language model's prompt keeps its first and last `limit / 2` tokens (the instruction
+    opens it; the question and the assistant turn close it), so the middle of the input goes. A head's
+    input keeps its first `limit - 1` tokens and its final special token; a word whose first sub-token
+    is cut is predicted as O.
+    """
+    cut = row["prompt_length"] - limit
+    if cut <= 0:
+        return 0
+    ids, answer = row["input_ids"][:row["prompt_length"]], row["input_ids"][row["prompt_length"]:]
+    if kind in ("causal_lm", "seq2seq"):
+        keep = ids[:limit // 2] + ids[len(ids) - (limit - limit // 2):]
+        labels = row["labels"] if kind == "seq2seq" else [IGNORE] * limit + row["labels"][row["prompt_length"]:]
+        row.update(input_ids=keep + answer, labels=labels, prompt_length=limit)
+    else:
+        for key in ("input_ids", "token_type_ids", "word_ids"):
+            if key in row:
+                row[key] = row[key][:limit - 1] + row[key][-1:]
+        if isinstance(row["labels"], list):
+            row["labels"] = row["labels"][:limit - 1] + row["labels"][-1:]
+        row["prompt_length"] = limit
+    return cut
+
+
 def tokenize_split(tokenizer, rows: list[dict[str, Any]], setup: dict[str, Any], params: dict[str, Any],
-                   labels: list[str], split: str, where: str):
+                   labels: list[str], split: str, where: str, context: int):
     encode, max_length = ENCODERS[setup["kind"]], int(params["max_length"])
-    kept, dropped = [], []
+    kept, dropped, truncated = [], [], 0
     for record in tqdm(rows, desc=f"tokenize {split}", unit="row", disable=len(rows) < 500):
         if record["kind"] not in setup["kind_rows"]:
             raise StageError(f"{where}: dataset '{setup['dataset']}' holds {record['kind']} rows; a "
@@ -124,15 +160,16 @@ def tokenize_split(tokenizer, rows: list[dict[str, Any]], setup: dict[str, Any],
                                  f"labelled rows of '{setup['dataset']}'")
             record = render_prompt(record, params["prompt"], where)
         row = encode(tokenizer, record, params, labels)
-        # A training row must fit whole. An evaluation row only needs its prompt to fit: judging it by its
-        # reference answer too would drop long dialogues and bias the scores toward short ones.
-        length = len(row["input_ids"]) if split == "train" else row["prompt_length"]
-        if length > max_length:
-            what = "input" if split == "train" else "prompt"
-            dropped.append({"id": record["id"], "split": split, "reason": f"too long: {what} {length} > {max_length} tokens"})
+        # A training row must fit max_length whole, or it is left out (listed). Every evaluation row is
+        # kept, so scores cover the whole split: a prompt past the model's context is cut by a fixed rule.
+        if split != "train":
+            truncated += fit_to_context(row, setup["kind"], context) > 0
+        elif len(row["input_ids"]) > max_length:
+            dropped.append({"id": record["id"], "split": split,
+                            "reason": f"too long: {len(row['input_ids'])} > max_length {max_length} tokens"})
             continue
         kept.append({"id": record["id"], **row})
-    return kept, dropped
+    return kept, dropped, truncated
 
 
 def main(argv: list[str]) -> None:
@@ -145,22 +182,25 @@ def main(argv: list[str]) -> None:
     where = f"params.yaml tokenize.{experiment}"
     source = Path("data/converted") / setup["dataset"]
     labels = read_labels(setup)
-    tokenizer = AutoTokenizer.from_pretrained(Path("models/base") / setup["model"])
+    base = Path("models/base") / setup["model"]
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    context = int(params.get("eval_max_length") or model_context(base, tokenizer))
 
     splits, dropped, counts = {}, [], {}
     for split in SPLITS:
         path = source / f"{split}.jsonl"
         if not path.exists():
             raise StageError(f"{path}: not found (run dvc repro convert@{setup['dataset']})")
-        kept, lost = tokenize_split(tokenizer, read_jsonl(path), setup, params, labels, split, where)
+        kept, lost, truncated = tokenize_split(tokenizer, read_jsonl(path), setup, params, labels, split, where,
+                                               context)
         dropped += lost
         # Fingerprint from content, not from a random id or file mtime: state.json bytes stay stable.
         content = hashlib.sha256(json.dumps(kept, separators=(",", ":")).encode()).hexdigest()
         splits[split] = Dataset.from_list(kept).map(lambda row: row, new_fingerprint=content[:16])
         lengths = [len(row["input_ids"]) for row in kept]
-        counts[split] = {"rows": len(kept), "tokens": sum(lengths), "dropped": len(lost)}
+        counts[split] = {"rows": len(kept), "tokens": sum(lengths), "dropped": len(lost), "truncated": truncated}
         print(f"[tokenize] {experiment} {split}: {len(kept)} rows, {sum(lengths)} tokens, "
-              f"max {max(lengths, default=0)}, dropped {len(lost)}")
+              f"max {max(lengths, default=0)}, dropped {len(lost)}, prompts cut to the context {truncated}")
     if not splits["train"].num_rows:
         raise StageError(f"{where}: no training row fits max_length {params['max_length']}")
     with atomic_dir(Path("data/tokenized") / experiment) as out:

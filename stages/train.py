@@ -1,24 +1,32 @@
-"""train: fine-tune models/base/<model> on data/tokenized/<experiment>/train -> models/trained/<experiment>/.
+"""train: fine-tune models/base/<model> on data/tokenized/<experiment> -> models/trained/<experiment>/.
 
 The experiment's kind and method (LoRA, QLoRA, prompt tuning, full) pick the model through
-stages/modeling.py; this stage is the same Trainer loop for all of them. Batches are grouped by length and
-padded per batch (on real DialogSum rows that wastes 4.6% of tokens on padding, against 33% for random
-batches: bench/padding.py). Every optimizer step's loss goes to reports/train/<experiment>/loss.csv (a DVC
-plot); the run's totals go to summary.json and the wall-clock speed to reports/speed/<experiment>.json.
-What reloads the model (adapter, prompt embeddings or full weights) is saved as safetensors.
+stages/modeling.py; this stage is the same Trainer loop for all of them:
+- batches grouped by length and padded per batch (on real DialogSum rows 4.6% of tokens are padding,
+  against 33% for random batches: bench/padding.py);
+- the validation split evaluated every `eval_steps` (default: each epoch), curves logged through DVCLive
+  to reports/train/<experiment>/live/ (stages/trainlog.py);
+- checkpoints every `checkpoint_steps` in checkpoints/<experiment>/, outside DVC's outputs: a killed run
+  resumes where it stopped and ends with the same weights (stages/checkpoints.py);
+- a memory estimate before the first step, and a one-line stop when the run cannot fit (stages/memory.py);
+- `processes: N` re-launches the stage under `accelerate launch` (DDP; FSDP or DeepSpeed through an
+  accelerate config file in `accelerate_config`); bf16 (fp16 where bf16 is missing) on a GPU, fp32 on a CPU.
+What reloads the model (adapter, prompt embeddings or full weights) is saved as safetensors; totals go to
+summary.json and the wall-clock speed to reports/speed/<experiment>.json.
 """
 from __future__ import annotations
 
-import csv
-import shutil
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from stages import checkpoints
 from stages.common import (
     StageError,
     atomic_dir,
-    atomic_file,
     load_experiment,
     load_params,
     one_item,
@@ -28,19 +36,9 @@ from stages.common import (
     run_stage,
     write_json,
 )
-from stages.modeling import MERGEABLE, attach_method, collator_for, load_base, load_tokenizer, save_trained
+from stages.modeling import MERGEABLE, attach_method, collator_for, device, load_base, load_tokenizer, save_trained
 
 MODEL_INPUTS = ("input_ids", "labels", "token_type_ids")  # the columns a model takes; ids and maps stay behind
-
-
-def write_loss_log(path: Path, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = [{"step": h["step"], "epoch": round(h["epoch"], 4), "loss": round(h["loss"], 6),
-             "learning_rate": h["learning_rate"]} for h in history if "loss" in h]
-    with atomic_file(path) as handle:
-        writer = csv.DictWriter(handle, fieldnames=["step", "epoch", "loss", "learning_rate"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return rows
 
 
 def check_method_params(params: dict[str, Any], method: str, where: str) -> None:
@@ -50,14 +48,49 @@ def check_method_params(params: dict[str, Any], method: str, where: str) -> None
         require_keys(params.get("prompt_tuning"), f"{where}.prompt_tuning", "virtual_tokens")
 
 
-def training_arguments(params: dict[str, Any], seed: int, method: str, scratch: Path):
+def launch_processes(experiment: str, params: dict[str, Any]) -> None:
+    """With `processes: N > 1`, run this stage again as N processes under accelerate and exit with its status.
+
+    accelerate's `--multi_gpu` launcher is torchrun underneath: on a machine without GPUs the processes train
+    on the CPU and talk over gloo (its `--cpu` launcher would need MPI). TUNEPIPE_LAUNCHED marks the
+    launched processes, so none of them launches again.
+    """
+    processes = int(params.get("processes") or 1)
+    if processes <= 1 or os.environ.get("TUNEPIPE_LAUNCHED"):
+        return
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if params.get("accelerate_config"):  # FSDP, DeepSpeed, several machines: accelerate's own config file
+        command += ["--config_file", str(params["accelerate_config"])]
+    else:
+        command.append("--multi_gpu")
+    env = {**os.environ, "TUNEPIPE_LAUNCHED": "1"}
+    sys.exit(subprocess.call(command + ["-m", "stages.train", experiment], env=env))
+
+
+def precision(params: dict[str, Any]) -> dict[str, bool]:
+    """bf16 on a GPU that has it, fp16 on one that has not, fp32 on a CPU; `precision` in params overrides."""
+    import torch
+
+    chosen = params.get("precision", "auto")
+    if chosen == "auto":
+        cuda = torch.cuda.is_available()
+        chosen = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    return {"bf16": chosen == "bf16", "fp16": chosen == "fp16"}
+
+
+def training_arguments(params: dict[str, Any], setup: dict[str, Any], scratch: Path, evaluate: bool):
     import torch
     from transformers import TrainingArguments
 
-    cuda = torch.cuda.is_available()
+    cuda, method = torch.cuda.is_available(), setup["method"]
+    every = params.get("eval_steps")
     return TrainingArguments(
-        output_dir=str(scratch), use_cpu=not cuda, seed=seed,
-        per_device_train_batch_size=int(params["batch_size"]),
+        output_dir=str(scratch), use_cpu=not cuda, seed=setup["seed"], **precision(params),
+        # across processes a language model's loss is averaged over all tokens of the global batch; a head's
+        # loss is already a mean per process, which the Trainer would otherwise count once per process
+        average_tokens_across_devices=setup["generates"],
+        per_device_train_batch_size=int(params["batch_size"]), per_device_eval_batch_size=int(params["batch_size"]),
         gradient_accumulation_steps=int(params.get("grad_accum", 1)),
         num_train_epochs=float(params["epochs"]), max_steps=int(params.get("max_steps") or -1),
         learning_rate=float(params["learning_rate"]), lr_scheduler_type=params.get("scheduler", "linear"),
@@ -66,9 +99,28 @@ def training_arguments(params: dict[str, Any], seed: int, method: str, scratch: 
         # in 8 bits where CUDA is there to page it; bitsandbytes has no paged optimizer on a CPU
         activation_checkpointing=method == "qlora", activation_checkpointing_kwargs={"use_reentrant": False},
         optim=params.get("optim") or ("paged_adamw_8bit" if method == "qlora" and cuda else "adamw_torch"),
-        train_sampling_strategy=params.get("sampling", "group_by_length"), logging_steps=1, save_strategy="no",
-        report_to="none", include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
-        disable_tqdm=False)
+        train_sampling_strategy=params.get("sampling", "group_by_length"),
+        eval_strategy=("steps" if every else "epoch") if evaluate else "no", eval_steps=every,
+        save_strategy="steps", save_steps=int(params.get("checkpoint_steps") or 50), save_total_limit=2,
+        logging_steps=1, report_to="none", include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0, disable_tqdm=False)
+
+
+def split_rows(experiment: str, split: str, limit: int | None = None, seed: int = 0):
+    """A tokenized split's model inputs; None for an empty split (datasets saves no data file for it).
+    With `limit`, a seeded random subset: rows are stored sorted by id, and the first ids of a release are
+    seldom a fair sample of it."""
+    from datasets import load_from_disk
+
+    folder = Path("data/tokenized") / experiment / split
+    if not list(folder.glob("*.arrow")):
+        return None
+    rows = load_from_disk(str(folder))
+    extra = [c for c in rows.column_names if c not in MODEL_INPUTS]
+    rows = rows.remove_columns(extra) if extra else rows
+    if not limit or int(limit) >= rows.num_rows:
+        return rows
+    return rows.shuffle(seed=seed).select(range(int(limit)))
 
 
 def main(argv: list[str]):
@@ -80,54 +132,69 @@ def main(argv: list[str]):
     params = load_params("train", experiment, required=("epochs", "batch_size", "learning_rate", "threads"))
     where = f"params.yaml train.{experiment}"
     check_method_params(params, method, where)
+    base = Path("models/base") / setup["model"]
+    scratch = checkpoints.ROOT / experiment
+    # before any launch: one process records or checks what the checkpoints are made from
+    resume = checkpoints.resume_from(scratch, checkpoints.fingerprint(
+        setup, params, Path("data/tokenized") / experiment / "train", base), where)
+    launch_processes(experiment, params)
 
-    from datasets import load_from_disk
     from transformers import Trainer, set_seed
+
+    from stages import memory
+    from stages.trainlog import LiveCurves, write_curves
 
     pin_threads(params["threads"])
     set_seed(setup["seed"])  # before a head or adapter is initialised
-    base = Path("models/base") / setup["model"]
-    head = not setup["generates"]
-    labels = read_labels(setup) if head else None
-    qlora = setup["qlora"]
-    # only the train split: dvc.yaml makes train depend on it alone, so a test-only change never retrains
-    train_rows = load_from_disk(str(Path("data/tokenized") / experiment / "train"))
-    train_rows = train_rows.remove_columns([c for c in train_rows.column_names if c not in MODEL_INPUTS])
-    if params.get("max_train_rows"):
-        train_rows = train_rows.select(range(min(int(params["max_train_rows"]), train_rows.num_rows)))
+    labels = read_labels(setup) if not setup["generates"] else None
+    # train and validation splits only: a test-only change never retrains
+    train_rows = split_rows(experiment, "train", params.get("max_train_rows"), setup["seed"])
+    eval_rows = split_rows(experiment, "validation", params.get("max_eval_rows"), setup["seed"])  # None: none
     tokenizer = load_tokenizer(base)
-    model = attach_method(load_base(kind, base, labels=labels, qlora=qlora), kind, method, params, base)
+    model = attach_method(load_base(kind, base, labels=labels, qlora=setup["qlora"]), kind, method, params, base)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"[train] {experiment}: {kind} + {method}, {trainable:,} of {total:,} parameters trainable")
+
+    args = training_arguments(params, setup, scratch, evaluate=eval_rows is not None)
+    budget = int(float(params["memory_limit_gb"]) * memory.GIB) if params.get("memory_limit_gb") else \
+        memory.free_bytes(device())
+    longest = max(len(ids) for ids in train_rows["input_ids"])
+    needs = memory.check_fits(memory.estimate(model, int(params["batch_size"]), longest, args.optim,
+                                              args.activation_checkpointing), budget, where)
+
     collator = collator_for(kind, tokenizer, model)
-
     reports = Path("reports/train") / experiment
+    trainer = Trainer(model=model, args=args, train_dataset=train_rows, data_collator=collator,
+                      eval_dataset=eval_rows,
+                      callbacks=[LiveCurves(reports / "live"), checkpoints.skip_final_checkpoint()])
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - started
+    if not trainer.is_world_process_zero():  # the launched helpers train; the first process writes
+        return model
     with atomic_dir(Path("models/trained") / experiment) as out:
-        args = training_arguments(params, setup["seed"], method, out / "trainer")
-        trainer = Trainer(model=model, args=args, train_dataset=train_rows, data_collator=collator)
-        started = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - started
-        shutil.rmtree(out / "trainer", ignore_errors=True)  # run scratch
-        save_trained(model, out, kind, method, labels, qlora)
+        save_trained(model, out, kind, method, labels, setup["qlora"])
+    checkpoints.remove(scratch)  # the result is saved: the checkpoints have served
 
-    losses = write_loss_log(reports / "loss.csv", trainer.state.log_history)
+    losses = write_curves(reports / "live", trainer.state.log_history)
     if not losses:
         raise StageError(f"{where}: training logged no loss (0 steps? check epochs / max_steps)")
-    # the collator also sees a batch the Trainer prefetches but never trains on, so the padding share
+    evals = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    # the collator also sees batches the Trainer prefetches and evaluation batches, so the padding share
     # comes from it and the trained token count from the Trainer itself
     real = int(trainer.state.num_input_tokens_seen)
     built = collator.real_tokens + collator.padded_tokens
     summary = {"steps": trainer.state.global_step, "rows": train_rows.num_rows, "trainable_params": trainable,
-               "first_loss": losses[0]["loss"], "final_loss": losses[-1]["loss"],
-               "real_tokens": real, "pad_fraction": round(collator.padded_tokens / max(built, 1), 4)}
+               "first_loss": round(losses[0]["loss"], 6), "final_loss": round(losses[-1]["loss"], 6),
+               "final_eval_loss": round(evals[-1], 6) if evals else None, "real_tokens": real,
+               "pad_fraction": round(collator.padded_tokens / max(built, 1), 4), "memory_estimate_gib": needs}
     write_json(reports / "summary.json", summary)  # deterministic: same params, same bytes
-    speed = {"seconds": round(seconds, 1), "tokens_per_second": round(real / seconds, 1)}
+    speed = {"seconds": round(seconds, 1), "tokens_per_second": round(real / seconds, 1), "resumed": bool(resume)}
     write_json(Path("reports/speed") / f"{experiment}.json", speed)  # wall-clock: differs run to run, kept apart
     print(f"[train] {experiment}: {summary['steps']} steps, loss {summary['first_loss']:.3f} -> "
-          f"{summary['final_loss']:.3f}, {real} tokens at {speed['tokens_per_second']}/s, "
-          f"padding {summary['pad_fraction']:.1%}")
+          f"{summary['final_loss']:.3f}" + (f", validation loss {evals[-1]:.3f}" if evals else "")
+          + f", {real} tokens at {speed['tokens_per_second']}/s, padding {summary['pad_fraction']:.1%}")
     return model
 
 

@@ -112,8 +112,11 @@ def test_full_run_writes_scored_report(repo):
     assert "## dialogue summarization" in report and "## financial sentiment" in report
     assert "| rougeL |" in report and (repo / "reports/plots" / f"{EXPERIMENT}-loss.png").stat().st_size > 1000
     assert (repo / "reports/plots/before-after.png").stat().st_size > 1000
-    loss = (repo / "reports/train" / EXPERIMENT / "loss.csv").read_text().splitlines()
-    assert loss[0] == "step,epoch,loss,learning_rate" and len(loss) == 3  # header + 2 steps
+    live = repo / "reports/train" / EXPERIMENT / "live"
+    loss = (live / "plots/metrics/train/loss.tsv").read_text().splitlines()
+    assert loss[0] == "step\tloss" and len(loss) == 3  # header + 2 steps, logged through DVCLive
+    assert set(json.loads((live / "metrics.json").read_text())) == {"train", "eval", "step"}  # validation loss
+    assert not (repo / "checkpoints" / EXPERIMENT).exists()  # removed once the result is saved
     adapter = repo / "models/trained" / EXPERIMENT
     assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
                                                          "recipe.json"]
@@ -188,27 +191,36 @@ def test_test_only_data_change_regenerates_but_never_retrains(repo):
     assert not ran & {"fetch_model", "train", "merge"}  # the train split's bytes did not change
 
 
-def test_exp_run_and_exp_show_list_both_runs_with_rouge(repo):
+def test_two_exp_run_variants_show_with_validation_loss_and_plot_their_curves(repo):
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "baseline results")
-    sh(repo, "dvc", "exp", "run", "-n", "rank8", "-S", f"train.{EXPERIMENT}.lora.r=8")
+    for rank in (8, 2):
+        sh(repo, "dvc", "exp", "run", "-n", f"rank{rank}", "-S", f"train.{EXPERIMENT}.lora.r={rank}")
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
     runs = [shown[0]] + [exp for entry in shown for exp in (entry.get("experiments") or [])]
-    rouge = {}
+    rouge, validation = {}, {}
     for run in runs:
         for revision in run.get("revs", []) if "revs" in run else [run]:
             data = revision.get("data") or {}
             name = revision.get("name") or run.get("name") or data.get("rev")
-            metrics = data.get("metrics", {}).get(f"reports/metrics/{EXPERIMENT}.json", {}).get("data", {})
-            if metrics:
-                rouge[name] = metrics["after"]["rougeL"]
-            # bookkeeping (ledgers, token counts, timings, training totals) is not among the metrics
-            assert set(data.get("metrics", {})) <= {f"reports/metrics/{e}.json" for e in (EXPERIMENT, OTHER)}
-    assert "rank8" in rouge and len(rouge) >= 2, shown
+            found = data.get("metrics", {})
+            scores = found.get(f"reports/metrics/{EXPERIMENT}.json", {}).get("data", {})
+            live = found.get(f"reports/train/{EXPERIMENT}/live/metrics.json", {}).get("data", {})
+            if scores:
+                rouge[name] = scores["after"]["rougeL"]
+                validation[name] = live["eval"]["loss"]
+            # bookkeeping (ledgers, token counts, timings, training totals) is not among the metrics: the
+            # scores and the final training and validation losses are
+            assert set(found) <= {f"reports/{folder}" for e in (EXPERIMENT, OTHER)
+                                  for folder in (f"metrics/{e}.json", f"train/{e}/live/metrics.json")}
+    assert {"rank8", "rank2"} <= set(rouge) and validation["rank8"] != validation["rank2"], shown
     table = sh(repo, "dvc", "exp", "show", "--no-pager", "--md", "--only-changed").stdout  # the README's command
     header = table.splitlines()[0]
     assert "rank8" in table and f"train.{EXPERIMENT}.lora.r" in header and "ledger" not in header
-    assert f"train.{OTHER}" not in header  # unchanged columns are hidden
+    assert "eval.loss" in header and f"train.{OTHER}" not in header  # unchanged columns are hidden
+    plots = sh(repo, "dvc", "plots", "diff", "rank8", "rank2", "--json").stdout  # both runs' curves
+    curve = f"reports/train/{EXPERIMENT}/live/plots/metrics/eval/loss.tsv"
+    assert curve in plots and '"rank8"' in plots and '"rank2"' in plots
 
 
 def test_convert_and_tokenize_bytes_survive_touched_and_moved_inputs(repo, tmp_path):

@@ -1,0 +1,89 @@
+"""Training checkpoints that survive a killed run and refuse to mix runs.
+
+They live in checkpoints/<experiment>/, outside every DVC output (a half-trained model must never look like
+a result), and the train stage removes them once it has saved its output. A re-run of a killed stage
+resumes from the newest complete checkpoint (the Trainer restores weights, optimizer, scheduler, RNG states
+and its place in the data), so it ends with the same weights as an uninterrupted run.
+
+fingerprint.json records what the checkpoints were made from: the experiment and train params, the
+train split's bytes and the base model (its config and, for each weight file, its size and first MiB).
+Resuming with anything else is refused with one line naming what changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from stages.common import StageError, write_json
+
+ROOT = Path("checkpoints")
+# params that change how a run is carried out, not what it computes
+NOT_RESULTS = ("checkpoint_steps", "processes", "memory_limit_gb")
+
+
+def _digest_files(folder: Path, head_only: bool = False) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder)}\0{path.stat().st_size}\0".encode())
+        with open(path, "rb") as handle:  # weights: the first MiB and the size tell one model from another
+            digest.update(handle.read(1 << 20) if head_only and path.suffix == ".safetensors" else handle.read())
+    return digest.hexdigest()
+
+
+def fingerprint(setup: dict[str, Any], params: dict[str, Any], train_split: Path, base: Path) -> dict[str, str]:
+    recipe = {"experiment": setup, "train": {k: v for k, v in params.items() if k not in NOT_RESULTS}}
+    return {"params": hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest(),
+            "train data": _digest_files(train_split),
+            "base model": _digest_files(base, head_only=True)}
+
+
+def resume_from(folder: Path, made_from: dict[str, str], where: str) -> str | None:
+    """The newest complete checkpoint to resume from, or None for a fresh start (recording made_from).
+
+    Checkpoints made from anything else are refused, not overwritten: the user decides to drop them. A
+    folder with no complete checkpoint holds nothing to protect and starts over.
+    """
+    record = folder / "fingerprint.json"
+    complete = [p for p in folder.glob("checkpoint-*") if _complete(p)] if record.exists() else []
+    if not complete:
+        shutil.rmtree(folder, ignore_errors=True)  # partial saves, or leftovers without a record
+        folder.mkdir(parents=True)
+        write_json(record, made_from)
+        return None
+    found = json.loads(record.read_text(encoding="utf-8"))
+    changed = [part for part in made_from if found.get(part) != made_from[part]]
+    if changed:
+        raise StageError(f"{where}: {folder} holds checkpoints made from other {' and '.join(changed)}; "
+                         f"delete {folder} to start over")
+    newest = max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    print(f"[train] resuming from {newest}")
+    return str(newest)
+
+
+def _complete(checkpoint: Path) -> bool:
+    """The Trainer writes trainer_state.json last: a checkpoint killed while saving has none (or a torn one)."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def remove(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def skip_final_checkpoint():
+    """A Trainer callback: the Trainer saves a checkpoint at the last step, which the stage would write
+    (a full model and its optimizer state) only to delete it after saving the result itself."""
+    from transformers import TrainerCallback
+
+    class SkipFinalCheckpoint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = False
+
+    return SkipFinalCheckpoint()
