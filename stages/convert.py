@@ -4,6 +4,7 @@ Every raw record ends in a split file or in data/rejected/<dataset>.jsonl with i
 ledger (read + synthesized = written + rejected + dropped) is printed and saved as a DVC metric in
 reports/ledger/<dataset>.json, and the stage fails when rejects pass `max_reject_rate`.
 Rows are sorted by id within a split, so the bytes do not depend on file order or the file system.
+A release's own splits are kept unless `release_splits` renames them or shares them out by hash.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def convert(raw_dir: Path, params: dict[str, Any], ledger: Ledger) -> dict[str, 
     if clash:
         raise StageError(f"params.yaml convert: the {params['format']} reader draws the {clash[0]} split itself; "
                          f"remove '{clash[0]}' from split ratios {ratios} so no other row is added to it")
+    release = check_release_splits(params.get("release_splits") or {})
     by_split: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
     seen: set[str] = set()
     for record in reader.read(raw_dir, params.get("options") or {}, ledger):
@@ -46,15 +48,30 @@ def convert(raw_dir: Path, params: dict[str, Any], ledger: Ledger) -> dict[str, 
             ledger.reject(f"#{record['id']}", "duplicate id", record)
             continue
         seen.add(record["id"])
-        # a release that fixes its own split keeps it; otherwise the hash of the group (or id) decides
+        # a release that fixes its own split keeps it (or what release_splits makes of it); otherwise the
+        # hash of the group (or id) decides
         group = record.pop("group", record["id"])
-        split = record.pop("split", None) or split_for(group, ratios, salt=params.get("seed", "split"))
+        split = record.pop("split", None)
+        split = release.get(split, split) if split else ratios
+        if isinstance(split, dict):
+            split = split_for(group, split, salt=params.get("seed", "split"))
         record["split"] = split
         by_split[split].append(record)
         ledger.written[split] += 1
     for rows in by_split.values():
         rows.sort(key=lambda row: row["id"])
     return by_split
+
+
+def check_release_splits(release: dict[str, Any]) -> dict[str, Any]:
+    """`release_splits` maps a release's own split to another name (DialogSum's dev file as the test split)
+    or to ratios that share its rows out by hash (a validation split carved from the release's train)."""
+    for name, target in release.items():
+        targets = set(target) if isinstance(target, dict) else {target}
+        if name not in SPLITS or not targets <= set(SPLITS):
+            raise StageError(f"params.yaml convert release_splits: {name}: {target} names an unknown split "
+                             f"(use {', '.join(SPLITS)})")
+    return release
 
 
 def main(argv: list[str]) -> None:

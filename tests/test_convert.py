@@ -1,0 +1,41 @@
+"""convert's own rules around the readers: what a release's splits become."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from stages.common import Ledger, StageError
+from stages.convert import convert
+from tests.conftest import REPO
+
+SAMPLES = REPO / "data/samples/dialogsum"
+
+
+def release(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(SAMPLES / "sample.train.jsonl", raw / "dialogsum.train.jsonl")
+    shutil.copy(SAMPLES / "sample.dev.jsonl", raw / "dialogsum.dev.jsonl")
+    return raw
+
+
+def test_release_splits_rename_a_split_and_carve_another_by_hash(tmp_path):
+    raw = release(tmp_path)
+    dev_ids = {json.loads(line)["fname"] for line in (raw / "dialogsum.dev.jsonl").read_text().splitlines()}
+    params = {"format": "dialogsum",
+              "release_splits": {"validation": "test", "train": {"train": 0.75, "validation": 0.25}}}
+    by_split = convert(raw, params, Ledger("t"))
+    assert {row["id"] for row in by_split["test"]} == dev_ids  # the release's dev file, every row of it
+    carved = {row["id"] for row in by_split["validation"]}
+    assert carved and not carved & dev_ids and len(by_split["train"]) + len(carved) == 64
+    again = convert(raw, params, Ledger("t"))  # by hash: the same rows every run
+    assert {row["id"] for row in again["validation"]} == carved
+    plain = convert(raw, {"format": "dialogsum"}, Ledger("t"))  # without it the release's splits stay
+    assert {row["id"] for row in plain["validation"]} == dev_ids and not plain["test"]
+
+
+def test_release_splits_naming_an_unknown_split_is_one_line(tmp_path):
+    with pytest.raises(StageError, match=r"release_splits: validation: dev names an unknown split"):
+        convert(release(tmp_path), {"format": "dialogsum", "release_splits": {"validation": "dev"}}, Ledger("t"))
