@@ -7,7 +7,8 @@ runs its experiments, not the default ones); every other group is merged key by 
 removes a key. The same stages and the same DVC cache run it, so whatever is unchanged is not recomputed.
 
     python -m flows.profile real                       # merge into params.yaml, then `dvc exp run`
-    python -m flows.profile real --only mrpc-head      # one of its experiments (the cache keeps the rest)
+    python -m flows.profile real --only mrpc-head      # one of its experiments (the cache keeps the rest;
+                                                       # the report then covers that one only)
     python -m flows.profile real --write               # only write params.yaml; run `dvc repro` yourself
 
 Back to the default afterwards: `git checkout params.yaml dvc.lock && dvc checkout`.
@@ -53,6 +54,12 @@ def apply(params: dict[str, Any], overlay: dict[str, Any], only: list[str] | Non
                              f"(it has: {', '.join(merged.get('experiments', {}))})")
         for group in PER_EXPERIMENT:  # a stage exists only for the items of its group
             merged[group] = {name: entry for name, entry in (merged.get(group) or {}).items() if name in only}
+        # and only the models and datasets those experiments use are fetched and converted
+        models = {entry["model"] for entry in merged["experiments"].values()}
+        datasets = {entry["dataset"] for entry in merged["experiments"].values()}
+        merged["fetch_model"] = {k: v for k, v in merged.get("fetch_model", {}).items() if k in models}
+        for group in ("download", "convert"):
+            merged[group] = {k: v for k, v in merged.get(group, {}).items() if k in datasets}
     return merged
 
 

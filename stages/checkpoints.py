@@ -6,7 +6,8 @@ resumes from the newest complete checkpoint (the Trainer restores weights, optim
 and its place in the data), so it ends with the same weights as an uninterrupted run.
 
 fingerprint.json records what the checkpoints were made from: the experiment and train params, the
-train split's bytes and the base model (its config and, for each weight file, its size and first MiB).
+train and validation splits' bytes, the base model (its config and, for each weight file, its size and
+first MiB) and the training code (the stage files and the versions of torch, transformers and peft).
 Resuming with anything else is refused with one line naming what changed.
 """
 from __future__ import annotations
@@ -20,8 +21,11 @@ from typing import Any
 from stages.common import StageError, write_json
 
 ROOT = Path("checkpoints")
-# params that change how a run is carried out, not what it computes
-NOT_RESULTS = ("checkpoint_steps", "processes", "memory_limit_gb")
+# params that change how a run is carried out, not what it computes (`processes` does change it: the batch
+# size is per process)
+NOT_RESULTS = ("checkpoint_steps", "memory_limit_gb")
+CODE = ("stages/train.py", "stages/modeling.py", "stages/checkpoints.py", "stages/trainlog.py")
+LIBRARIES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes")
 
 
 def _digest_files(folder: Path, head_only: bool = False) -> str:
@@ -33,11 +37,25 @@ def _digest_files(folder: Path, head_only: bool = False) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(setup: dict[str, Any], params: dict[str, Any], train_split: Path, base: Path) -> dict[str, str]:
+def _digest_text(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprint(setup: dict[str, Any], params: dict[str, Any], tokenized: Path, base: Path) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "absent"
+
     recipe = {"experiment": setup, "train": {k: v for k, v in params.items() if k not in NOT_RESULTS}}
-    return {"params": hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest(),
-            "train data": _digest_files(train_split),
-            "base model": _digest_files(base, head_only=True)}
+    code = {path: Path(path).read_text(encoding="utf-8") for path in CODE if Path(path).exists()}
+    return {"params": _digest_text(recipe),
+            "data": _digest_files(tokenized / "train") + _digest_files(tokenized / "validation"),
+            "base model": _digest_files(base, head_only=True),
+            "code": _digest_text({"files": code, "libraries": {name: installed(name) for name in LIBRARIES}})}
 
 
 def resume_from(folder: Path, made_from: dict[str, str], where: str) -> str | None:
@@ -73,6 +91,9 @@ def _complete(checkpoint: Path) -> bool:
 
 
 def remove(folder: Path) -> None:
+    """The record goes first: a run killed halfway through the removal finds no record, so it starts over
+    instead of resuming from a checkpoint that lost its weights."""
+    (folder / "fingerprint.json").unlink(missing_ok=True)
     shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -1,8 +1,8 @@
 """convert: data/raw/<dataset>/ (the release's own format) -> data/converted/<dataset>/<split>.jsonl.
 
 Every raw record ends in a split file or in data/rejected/<dataset>.jsonl with its place and reason; the
-ledger (read + synthesized = written + rejected + dropped) is printed and saved as a DVC metric in
-reports/ledger/<dataset>.json, and the stage fails when rejects pass `max_reject_rate`.
+ledger (read + synthesized = written + rejected + dropped) is printed and saved (bookkeeping, not a DVC
+metric) in reports/ledger/<dataset>.json, and the stage fails when rejects pass `max_reject_rate`.
 Rows are sorted by id within a split, so the bytes do not depend on file order or the file system.
 A release's own splits are kept unless `release_splits` renames them or shares them out by hash.
 """

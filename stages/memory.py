@@ -27,15 +27,20 @@ def _config_value(config, *names: str, default: int = 0) -> int:
     return default
 
 
-def estimate(model, batch_size: int, seq_len: int, optimizer: str, checkpointing: bool) -> dict[str, float]:
-    """Bytes of each part of a training step's peak, for this model, batch and longest row."""
+def estimate(model, batch_size: int, seq_len: int, optimizer: str, checkpointing: bool,
+             outputs: int | None = None, half_precision: bool = False) -> dict[str, float]:
+    """Bytes of each part of a training step's peak, for this model, batch and longest row.
+
+    `outputs`: the width of the output layer per position (the vocabulary of a language model, the number
+    of labels of a token head; a sequence head has one output row per example, not per position).
+    """
     config = model.config
     hidden = _config_value(config, "hidden_size", "d_model", "n_embd")
     heads = _config_value(config, "num_attention_heads", "num_heads", "n_head", default=1)
     layers = _config_value(config, "num_hidden_layers", "num_layers", "n_layer") + _config_value(
         config, "num_decoder_layers")
-    vocab = _config_value(config, "vocab_size", "num_labels")
-    activation_bytes = 2 if getattr(config, "torch_dtype", None) in ("float16", "bfloat16") else 4
+    vocab = outputs if outputs is not None else _config_value(config, "vocab_size")
+    activation_bytes = 2 if half_precision else 4
     trainable = [p for p in model.parameters() if p.requires_grad]
     tokens = batch_size * seq_len
     per_layer = tokens * hidden * (34 + 5 * heads * seq_len / max(hidden, 1)) * activation_bytes / 2
@@ -49,15 +54,16 @@ def estimate(model, batch_size: int, seq_len: int, optimizer: str, checkpointing
     }
 
 
-def free_bytes(device: str) -> int:
-    """Memory a run can still take on the device: free GPU memory, or available RAM."""
+def free_bytes(device: str, processes: int = 1) -> int:
+    """Memory a run can take: this process's free GPU memory, or its share of the available RAM (measured
+    before the model loads, whose weights the estimate counts itself)."""
     if device == "cuda":
         import torch
 
         return int(torch.cuda.mem_get_info()[0])
     import psutil
 
-    return int(psutil.virtual_memory().available)
+    return int(psutil.virtual_memory().available) // max(processes, 1)
 
 
 def check_fits(parts: dict[str, float], budget: int, where: str, headroom: float = 0.9) -> dict[str, Any]:

@@ -31,10 +31,10 @@ def logits(model, tokenizer, texts: list[str]):
 
     outputs = []
     for text in texts:
-        inputs = tokenizer(text, return_tensors="pt", return_token_type_ids=False)
+        inputs = tokenizer(text, return_tensors="pt", return_token_type_ids=False).to(model.device)
         extra = {}
         if getattr(model.config, "is_encoder_decoder", False):
-            extra["decoder_input_ids"] = torch.tensor([[model.config.decoder_start_token_id]])
+            extra["decoder_input_ids"] = torch.tensor([[model.config.decoder_start_token_id]], device=model.device)
         with torch.no_grad():
             outputs.append(model(**inputs, **extra).logits.float().flatten())
     return torch.cat(outputs)

@@ -71,9 +71,15 @@ def check_experiment(name: str, setup: dict[str, Any]) -> Kind:
         raise StageError(f"{where}.metric: unknown metric '{setup['metric']}' (known: {', '.join(METRICS)})")
     if method == "qlora":
         check_bitsandbytes(f"{where}.method")
-        unknown = sorted(set(setup.get("qlora") or {}) - set(QLORA_DEFAULTS))
+        qlora = setup.get("qlora") or {}
+        unknown = sorted(set(qlora) - set(QLORA_DEFAULTS))
         if unknown:
             raise StageError(f"{where}.qlora: unknown keys {unknown} (known: {', '.join(QLORA_DEFAULTS)})")
+        if qlora.get("compute_dtype", "float32") not in ("float32", "bfloat16", "float16"):
+            raise StageError(f"{where}.qlora.compute_dtype: '{qlora['compute_dtype']}' is not float32, bfloat16 "
+                             f"or float16")
+        if qlora.get("quant_type", "nf4") not in ("nf4", "fp4"):
+            raise StageError(f"{where}.qlora.quant_type: '{qlora['quant_type']}' is not nf4 or fp4")
     elif setup.get("qlora"):
         raise StageError(f"{where}.qlora: 4-bit settings need method qlora, not '{method}'")
     return KINDS[kind]
@@ -111,7 +117,7 @@ def load_base(kind: str, folder: Path, labels: list[str] | None = None, qlora: d
     auto = getattr(transformers, KINDS[kind].auto_class)
     options: dict[str, Any] = {"use_safetensors": True}  # never unpickle weights: that can run code
     if qlora is not None:
-        options.update(quantization_config=quantization_config(qlora), device_map={"": device()})
+        options.update(quantization_config=quantization_config(qlora), device_map={"": placement()})
     else:
         options["dtype"] = getattr(torch, dtype)
     if labels is not None:
@@ -146,6 +152,13 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def placement() -> str | int:
+    """Where a 4-bit model loads (it cannot move afterwards): this process's own GPU when several train."""
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", 0)) if device() == "cuda" else "cpu"
+
+
 def attach_method(model, kind: str, method: str, params: dict[str, Any], base: Path):
     """Wrap the base model for training by `method`; returns the model whose trainable weights get saved."""
     from peft import LoraConfig, PromptTuningConfig, get_peft_model, prepare_model_for_kbit_training
@@ -170,8 +183,9 @@ def attach_method(model, kind: str, method: str, params: dict[str, Any], base: P
 
 
 def save_trained(model, out: Path, kind: str, method: str, labels: list[str] | None,
-                 qlora: dict[str, Any] | None) -> None:
-    model.save_pretrained(out, safe_serialization=True)
+                 qlora: dict[str, Any] | None, state_dict: dict | None = None) -> None:
+    """`state_dict`: the weights gathered from every process (FSDP and DeepSpeed shard them)."""
+    model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     (out / "README.md").unlink(missing_ok=True)  # peft's generated card: boilerplate, not our record
     if method in ADAPTER_METHODS:
         canonical_adapter_config(out / "adapter_config.json")
@@ -215,6 +229,23 @@ def read_recipe(trained: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+# --- lengths ------------------------------------------------------------------------------------------------
+
+def model_context(folder: Path, tokenizer) -> int:
+    """How many positions the model takes: its position table, else the tokenizer's limit (T5's relative
+    positions have no table; its tokenizer says 512)."""
+    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    positions = config.get("max_position_embeddings") or config.get("n_positions")
+    limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None
+    return min(filter(None, (positions, limit)), default=512)
+
+
+def cut_middle(ids: list[int], limit: int) -> list[int]:
+    """A prompt longer than `limit` keeps its first and last halves of it: the instruction opens a prompt,
+    the question and the assistant turn close it; the middle of the input is what can go."""
+    return ids if len(ids) <= limit else ids[:limit // 2] + ids[len(ids) - (limit - limit // 2):]
+
+
 # --- batches ------------------------------------------------------------------------------------------------
 
 def collator_for(kind: str, tokenizer, model=None):
@@ -230,14 +261,14 @@ def collator_for(kind: str, tokenizer, model=None):
         options["model"] = model  # builds decoder_input_ids from the labels
 
     class CountingCollator(base):
-        real_tokens = 0
+        real_tokens = 0  # instance counts once a batch is counted (the class values are the start)
         padded_tokens = 0
 
         def __call__(self, features, *args, **kwargs):
             batch = super().__call__(features, *args, **kwargs)
             mask = batch["attention_mask"]
-            CountingCollator.real_tokens += int(mask.sum())
-            CountingCollator.padded_tokens += int(mask.numel() - mask.sum())
+            self.real_tokens += int(mask.sum())
+            self.padded_tokens += int(mask.numel() - mask.sum())
             return batch
 
     return CountingCollator(tokenizer, **options)

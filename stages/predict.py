@@ -29,7 +29,7 @@ from stages.common import (
     run_stage,
     write_jsonl,
 )
-from stages.modeling import device, load_base, load_tokenizer, load_trained
+from stages.modeling import cut_middle, device, load_base, load_tokenizer, load_trained, model_context
 
 WHICH = ("before", "after")
 
@@ -98,9 +98,13 @@ def classify(model, tokenizer, rows: list[dict], params: dict, labels: list[str]
             if "word_ids" not in row:
                 predictions[row["id"]] = labels[ids]
                 continue
-            words = row["word_ids"]
-            firsts = [i for i, word in enumerate(words) if word >= 0 and (i == 0 or words[i - 1] != word)]
-            predictions[row["id"]] = [labels[ids[i]] for i in firsts]
+            # word index -> the tag of its first sub-token; a word with none (cut off, or a character the
+            # tokenizer drops, such as a soft hyphen) gets none here and O in main
+            words, tags = row["word_ids"], {}
+            for i, word in enumerate(words):
+                if word >= 0 and word not in tags:
+                    tags[word] = labels[ids[i]]
+            predictions[row["id"]] = tags
     return predictions
 
 
@@ -132,19 +136,25 @@ def main(argv: list[str]) -> None:
         model.to(device())
     tokenizer = load_tokenizer(base)
 
-    rows = load_from_disk(str(Path("data/tokenized") / experiment / "test")).to_list()
+    test_split = Path("data/tokenized") / experiment / "test"
+    if not list(test_split.glob("*.arrow")):  # datasets saves no data file for an empty split
+        raise StageError(f"{test_split}: the test split has no rows to predict (see convert's ledger)")
+    rows = load_from_disk(str(test_split)).to_list()
     rows = sorted(rows, key=lambda row: row["id"])[: params.get("max_rows") or None]
-    if not rows:
-        raise StageError(f"data/tokenized/{experiment}/test: no rows to predict")
     records = {r["id"]: r for r in read_jsonl(Path("data/converted") / setup["dataset"] / "test.jsonl")}
     if setup["generates"]:
         encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        if not encoder_decoder:  # the new tokens need positions too: a prompt gives up its middle for them
+            room = model_context(base, tokenizer) - int(params["max_new_tokens"])
+            for row in rows:
+                if row["prompt_length"] > room:
+                    row.update(input_ids=cut_middle(row["input_ids"][:row["prompt_length"]], room), prompt_length=room)
         predictions = generate(model, tokenizer, rows, params, encoder_decoder)
     else:
         predictions = classify(model, tokenizer, rows, params, labels)
-        for row_id, tags in predictions.items():  # words cut with a too-long input are predicted O
-            if isinstance(tags, list):
-                tags.extend(["O"] * (len(records[row_id]["tokens"]) - len(tags)))
+        for row_id, tags in predictions.items():  # one tag per word of the record, by word index
+            if isinstance(tags, dict):
+                predictions[row_id] = [tags.get(i, "O") for i in range(len(records[row_id]["tokens"]))]
     out = Path("data/predictions") / experiment / f"{which}.jsonl"
     write_jsonl(out, ({"id": row["id"], "input": shown_input(records[row["id"]]),
                        "prediction": predictions[row["id"]],

@@ -59,7 +59,7 @@ def main(argv: list[str]) -> None:
     try:
         scores = {which: score_rows(metric, [rows[i] for i in ids], options)
                   for which, rows in (("before", before), ("after", after))}
-    except TypeError as err:  # an option the metric does not take
+    except (TypeError, ValueError) as err:  # an option the metric does not take, or a bad value for one
         raise StageError(f"params.yaml score.{experiment}: {err}") from None
     scores["gain"] = {name: round(scores["after"][name] - value, 4)
                       for name, value in scores["before"].items() if isinstance(value, float)}

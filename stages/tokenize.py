@@ -35,6 +35,7 @@ from stages.common import (
     write_json,
     write_jsonl,
 )
+from stages.modeling import cut_middle, model_context
 
 SPLITS = ("train", "validation", "test")
 IGNORE = -100  # label id that torch's cross-entropy skips
@@ -111,45 +112,37 @@ ENCODERS = {"causal_lm": encode_causal, "seq2seq": encode_seq2seq,
             "token_head": encode_token_head, "sequence_head": encode_sequence_head}
 
 
-def model_context(folder: Path, tokenizer) -> int:
-    """How many positions the model takes: its position table, else the tokenizer's limit (T5's relative
-    positions have no table; its tokenizer says 512)."""
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    positions = config.get("max_position_embeddings") or config.get("n_positions")
-    limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None
-    return min(filter(None, (positions, limit)), default=512)
+def fit_to_context(row: dict[str, Any], kind: str, context: int, ends_special: bool) -> bool:
+    """Cut an evaluation row longer than the model's context, keeping the row; True when it cut.
 
-
-def fit_to_context(row: dict[str, Any], kind: str, limit: int) -> int:
-    """Cut an evaluation prompt longer than the model's context, keeping the row; returns tokens cut.
-
-    The rule: a language model's prompt keeps its first and last `limit / 2` tokens (the instruction
-    opens it; the question and the assistant turn close it), so the middle of the input goes. A head's
-    input keeps its first `limit - 1` tokens and its final special token; a word whose first sub-token
-    is cut is predicted as O.
+    The rule: a language model's prompt loses its middle (`cut_middle`: the instruction opens it; the
+    question and the assistant turn close it) until prompt and answer fit, since the validation loss reads
+    both. A head's input keeps its first tokens and, where the tokenizer ends it with one, its final special
+    token; a word whose first sub-token is cut is predicted as O.
     """
-    cut = row["prompt_length"] - limit
-    if cut <= 0:
-        return 0
-    ids, answer = row["input_ids"][:row["prompt_length"]], row["input_ids"][row["prompt_length"]:]
     if kind in ("causal_lm", "seq2seq"):
-        keep = ids[:limit // 2] + ids[len(ids) - (limit - limit // 2):]
+        answer = row["input_ids"][row["prompt_length"]:]  # empty for seq2seq: its answer is the decoder's
+        limit = max(context - len(answer), context // 2)
+        if row["prompt_length"] <= limit:
+            return False
+        prompt = cut_middle(row["input_ids"][:row["prompt_length"]], limit)
         labels = row["labels"] if kind == "seq2seq" else [IGNORE] * limit + row["labels"][row["prompt_length"]:]
-        row.update(input_ids=keep + answer, labels=labels, prompt_length=limit)
-    else:
-        for key in ("input_ids", "token_type_ids", "word_ids"):
-            if key in row:
-                row[key] = row[key][:limit - 1] + row[key][-1:]
-        if isinstance(row["labels"], list):
-            row["labels"] = row["labels"][:limit - 1] + row["labels"][-1:]
-        row["prompt_length"] = limit
-    return cut
+        row.update(input_ids=prompt + answer, labels=labels, prompt_length=limit)
+        return True
+    if len(row["input_ids"]) <= context:
+        return False
+    keep = context - 1 if ends_special else context
+    for key in ("input_ids", "token_type_ids", "word_ids", "labels"):
+        if isinstance(row.get(key), list):
+            row[key] = row[key][:keep] + (row[key][-1:] if ends_special else [])
+    row["prompt_length"] = len(row["input_ids"])
+    return True
 
 
 def tokenize_split(tokenizer, rows: list[dict[str, Any]], setup: dict[str, Any], params: dict[str, Any],
                    labels: list[str], split: str, where: str, context: int):
     encode, max_length = ENCODERS[setup["kind"]], int(params["max_length"])
-    kept, dropped, truncated = [], [], 0
+    kept, dropped, truncated, special = [], [], 0, set(tokenizer.all_special_ids)
     for record in tqdm(rows, desc=f"tokenize {split}", unit="row", disable=len(rows) < 500):
         if record["kind"] not in setup["kind_rows"]:
             raise StageError(f"{where}: dataset '{setup['dataset']}' holds {record['kind']} rows; a "
@@ -163,7 +156,7 @@ def tokenize_split(tokenizer, rows: list[dict[str, Any]], setup: dict[str, Any],
         # A training row must fit max_length whole, or it is left out (listed). Every evaluation row is
         # kept, so scores cover the whole split: a prompt past the model's context is cut by a fixed rule.
         if split != "train":
-            truncated += fit_to_context(row, setup["kind"], context) > 0
+            truncated += fit_to_context(row, setup["kind"], context, row["input_ids"][-1] in special)
         elif len(row["input_ids"]) > max_length:
             dropped.append({"id": record["id"], "split": split,
                             "reason": f"too long: {len(row['input_ids'])} > max_length {max_length} tokens"})

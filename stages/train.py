@@ -16,6 +16,7 @@ summary.json and the wall-clock speed to reports/speed/<experiment>.json.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,14 +42,30 @@ from stages.modeling import MERGEABLE, attach_method, collator_for, device, load
 MODEL_INPUTS = ("input_ids", "labels", "token_type_ids")  # the columns a model takes; ids and maps stay behind
 
 
+KNOWN = {"lora", "prompt_tuning", "learning_rate", "epochs", "max_steps", "batch_size", "grad_accum", "threads",
+         "max_train_rows", "max_eval_rows", "eval_steps", "checkpoint_steps", "scheduler", "warmup_steps",
+         "weight_decay", "optim", "sampling", "precision", "processes", "accelerate_config", "memory_limit_gb",
+         "keep_best"}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 def check_method_params(params: dict[str, Any], method: str, where: str) -> None:
+    """A typo (eval_step) or a value outside its choices stops the stage now, not after minutes of setup."""
+    unknown = sorted(set(params) - KNOWN)
+    if unknown:
+        raise StageError(f"{where}: unknown keys {unknown} (known: {', '.join(sorted(KNOWN))})")
+    if params.get("precision", "auto") not in PRECISIONS:
+        raise StageError(f"{where}.precision: '{params['precision']}' is not one of {', '.join(PRECISIONS)}")
+    if params.get("keep_best") not in (None, "loss", "accuracy") or (params.get("keep_best") and not params.get(
+            "eval_steps")):
+        raise StageError(f"{where}.keep_best: 'loss' or 'accuracy' (a head's), with eval_steps set")
     if method in MERGEABLE:
         require_keys(params.get("lora"), f"{where}.lora", "r", "alpha", "dropout", "target_modules")
     if method == "prompt_tuning":
         require_keys(params.get("prompt_tuning"), f"{where}.prompt_tuning", "virtual_tokens")
 
 
-def launch_processes(experiment: str, params: dict[str, Any]) -> None:
+def launch_processes(experiment: str, params: dict[str, Any], resume: str | None) -> None:
     """With `processes: N > 1`, run this stage again as N processes under accelerate and exit with its status.
 
     accelerate's `--multi_gpu` launcher is torchrun underneath: on a machine without GPUs the processes train
@@ -58,13 +75,12 @@ def launch_processes(experiment: str, params: dict[str, Any]) -> None:
     processes = int(params.get("processes") or 1)
     if processes <= 1 or os.environ.get("TUNEPIPE_LAUNCHED"):
         return
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
     if params.get("accelerate_config"):  # FSDP, DeepSpeed, several machines: accelerate's own config file
         command += ["--config_file", str(params["accelerate_config"])]
     else:
-        command.append("--multi_gpu")
-    env = {**os.environ, "TUNEPIPE_LAUNCHED": "1"}
+        command += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = {**os.environ, "TUNEPIPE_LAUNCHED": "1", "TUNEPIPE_RESUME": resume or ""}
     sys.exit(subprocess.call(command + ["-m", "stages.train", experiment], env=env))
 
 
@@ -85,6 +101,7 @@ def training_arguments(params: dict[str, Any], setup: dict[str, Any], scratch: P
 
     cuda, method = torch.cuda.is_available(), setup["method"]
     every = params.get("eval_steps")
+    keep_best = bool(params.get("keep_best")) and evaluate
     return TrainingArguments(
         output_dir=str(scratch), use_cpu=not cuda, seed=setup["seed"], **precision(params),
         # across processes a language model's loss is averaged over all tokens of the global batch; a head's
@@ -101,9 +118,31 @@ def training_arguments(params: dict[str, Any], setup: dict[str, Any], scratch: P
         optim=params.get("optim") or ("paged_adamw_8bit" if method == "qlora" and cuda else "adamw_torch"),
         train_sampling_strategy=params.get("sampling", "group_by_length"),
         eval_strategy=("steps" if every else "epoch") if evaluate else "no", eval_steps=every,
-        save_strategy="steps", save_steps=int(params.get("checkpoint_steps") or 50), save_total_limit=2,
+        # keep_best: end with the weights of the evaluation that scored best on validation (a checkpoint at
+        # each evaluation), instead of the last step's: early stopping chosen on validation, never on test
+        save_strategy="steps", save_total_limit=2,
+        save_steps=every if keep_best else int(params.get("checkpoint_steps") or 50),
+        load_best_model_at_end=keep_best, metric_for_best_model=params.get("keep_best") if keep_best else None,
         logging_steps=1, report_to="none", include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0, disable_tqdm=False)
+
+
+def head_accuracy(eval_prediction) -> dict[str, float]:
+    """Validation accuracy of a head (per word for a token head, over the words' first sub-tokens), so
+    settings can be chosen on validation by a score and not only by the loss."""
+    predicted, labels = eval_prediction.predictions.argmax(-1), eval_prediction.label_ids
+    scored = labels != -100
+    return {"accuracy": round(float((predicted[scored] == labels[scored]).mean()), 6)}
+
+
+def padding_share(trainer, collator) -> float:
+    """The share of padding in one epoch of training batches, replayed through the Trainer's own (seeded)
+    sampler and collator: counted during the run it would miss what a resumed run skipped, and include the
+    evaluation batches."""
+    collator.real_tokens = collator.padded_tokens = 0
+    for _ in trainer.get_train_dataloader():
+        pass
+    return round(collator.padded_tokens / max(collator.real_tokens + collator.padded_tokens, 1), 4)
 
 
 def split_rows(experiment: str, split: str, limit: int | None = None, seed: int = 0):
@@ -134,10 +173,14 @@ def main(argv: list[str]):
     check_method_params(params, method, where)
     base = Path("models/base") / setup["model"]
     scratch = checkpoints.ROOT / experiment
-    # before any launch: one process records or checks what the checkpoints are made from
-    resume = checkpoints.resume_from(scratch, checkpoints.fingerprint(
-        setup, params, Path("data/tokenized") / experiment / "train", base), where)
-    launch_processes(experiment, params)
+    # one process, before any launch, records or checks what the checkpoints are made from; the launched
+    # processes read its decision from the environment
+    if os.environ.get("TUNEPIPE_LAUNCHED"):
+        resume = os.environ.get("TUNEPIPE_RESUME") or None
+    else:
+        resume = checkpoints.resume_from(scratch, checkpoints.fingerprint(
+            setup, params, Path("data/tokenized") / experiment, base), where)
+    launch_processes(experiment, params, resume)
 
     from transformers import Trainer, set_seed
 
@@ -151,46 +194,54 @@ def main(argv: list[str]):
     train_rows = split_rows(experiment, "train", params.get("max_train_rows"), setup["seed"])
     eval_rows = split_rows(experiment, "validation", params.get("max_eval_rows"), setup["seed"])  # None: none
     tokenizer = load_tokenizer(base)
+    budget = int(float(params["memory_limit_gb"]) * memory.GIB) if params.get("memory_limit_gb") else \
+        memory.free_bytes(device(), int(params.get("processes") or 1))  # before the weights take their share
     model = attach_method(load_base(kind, base, labels=labels, qlora=setup["qlora"]), kind, method, params, base)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"[train] {experiment}: {kind} + {method}, {trainable:,} of {total:,} parameters trainable")
 
     args = training_arguments(params, setup, scratch, evaluate=eval_rows is not None)
-    budget = int(float(params["memory_limit_gb"]) * memory.GIB) if params.get("memory_limit_gb") else \
-        memory.free_bytes(device())
     longest = max(len(ids) for ids in train_rows["input_ids"])
-    needs = memory.check_fits(memory.estimate(model, int(params["batch_size"]), longest, args.optim,
-                                              args.activation_checkpointing), budget, where)
+    outputs = {"token_head": len(labels or []), "sequence_head": 0}.get(kind)  # None: the vocabulary
+    needs = memory.check_fits(memory.estimate(
+        model, int(params["batch_size"]), longest, args.optim, args.activation_checkpointing, outputs,
+        half_precision=args.bf16 or args.fp16), budget, where)
 
     collator = collator_for(kind, tokenizer, model)
     reports = Path("reports/train") / experiment
     trainer = Trainer(model=model, args=args, train_dataset=train_rows, data_collator=collator,
-                      eval_dataset=eval_rows,
-                      callbacks=[LiveCurves(reports / "live"), checkpoints.skip_final_checkpoint()])
+                      eval_dataset=eval_rows, compute_metrics=None if setup["generates"] else head_accuracy,
+                      callbacks=[LiveCurves(reports / "live")]
+                      + ([] if args.load_best_model_at_end else [checkpoints.skip_final_checkpoint()]))
+    # tokens the checkpoint had already trained, read now: the checkpoints are removed once the result is saved
+    before = json.loads((Path(resume) / "trainer_state.json").read_text())["num_input_tokens_seen"] if resume else 0
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started
-    if not trainer.is_world_process_zero():  # the launched helpers train; the first process writes
+    # with several processes every one of them takes part in gathering the weights; the first one writes
+    gathered = trainer.accelerator.get_state_dict(trainer.model) if args.world_size > 1 else None
+    if not trainer.is_world_process_zero():
         return model
     with atomic_dir(Path("models/trained") / experiment) as out:
-        save_trained(model, out, kind, method, labels, setup["qlora"])
+        save_trained(model, out, kind, method, labels, setup["qlora"], gathered)
     checkpoints.remove(scratch)  # the result is saved: the checkpoints have served
 
     losses = write_curves(reports / "live", trainer.state.log_history)
     if not losses:
         raise StageError(f"{where}: training logged no loss (0 steps? check epochs / max_steps)")
     evals = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
-    # the collator also sees batches the Trainer prefetches and evaluation batches, so the padding share
-    # comes from it and the trained token count from the Trainer itself
+    accuracy = [entry["eval_accuracy"] for entry in trainer.state.log_history if "eval_accuracy" in entry]
     real = int(trainer.state.num_input_tokens_seen)
-    built = collator.real_tokens + collator.padded_tokens
     summary = {"steps": trainer.state.global_step, "rows": train_rows.num_rows, "trainable_params": trainable,
                "first_loss": round(losses[0]["loss"], 6), "final_loss": round(losses[-1]["loss"], 6),
-               "final_eval_loss": round(evals[-1], 6) if evals else None, "real_tokens": real,
-               "pad_fraction": round(collator.padded_tokens / max(built, 1), 4), "memory_estimate_gib": needs}
-    write_json(reports / "summary.json", summary)  # deterministic: same params, same bytes
-    speed = {"seconds": round(seconds, 1), "tokens_per_second": round(real / seconds, 1), "resumed": bool(resume)}
+               "final_eval_loss": round(evals[-1], 6) if evals else None,
+               "final_eval_accuracy": accuracy[-1] if accuracy else None, "real_tokens": real,
+               "pad_fraction": padding_share(trainer, collator), "memory_estimate_gib": needs}
+    write_json(reports / "summary.json", summary)  # deterministic: same params, same bytes, resumed or not
+    # wall-clock speed of the tokens this process trained (a resumed run trained only those after its checkpoint)
+    speed = {"seconds": round(seconds, 1), "tokens_per_second": round((real - before) / seconds, 1),
+             "resumed": bool(resume)}
     write_json(Path("reports/speed") / f"{experiment}.json", speed)  # wall-clock: differs run to run, kept apart
     print(f"[train] {experiment}: {summary['steps']} steps, loss {summary['first_loss']:.3f} -> "
           f"{summary['final_loss']:.3f}" + (f", validation loss {evals[-1]:.3f}" if evals else "")

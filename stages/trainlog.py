@@ -1,8 +1,9 @@
 """Training curves through DVCLive: reports/train/<experiment>/live/ (metrics.json + plots/metrics/*.tsv).
 
 During training the callback logs each optimizer step's training loss and each evaluation's
-validation loss, so `dvc plots show` draws the curves of a run still going. When training ends the folder
-is written once more from the Trainer's own history, which a resumed run restores from its checkpoint:
+validation loss (and a head's validation accuracy), so `dvc plots show` draws the curves of a run still
+going. When training ends the folder is written once more from the Trainer's own history, which a resumed
+run restores from its checkpoint:
 the files then hold every step exactly once, with no wall-clock values, so the same run gives the same
 bytes. dvc.yaml declares metrics.json as a metric (`dvc exp show` lists the final train and validation
 loss) and the plots folder as plots.
@@ -15,7 +16,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 # the Trainer's log keys -> DVCLive metric names (one plot file each)
-LOGGED = {"loss": "train/loss", "eval_loss": "eval/loss"}
+LOGGED = {"loss": "train/loss", "eval_loss": "eval/loss", "eval_accuracy": "eval/accuracy"}  # accuracy: heads
 
 
 def _live(folder: Path, resume: bool):

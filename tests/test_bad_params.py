@@ -53,6 +53,16 @@ def test_missing_method_block_names_the_key(tmp_path):
     assert line == "error: params.yaml train.toy.lora: missing required keys r, alpha, dropout, target_modules"
 
 
+def test_a_typo_in_train_params_names_the_key(tmp_path):
+    _, line = run_stage(tmp_path, GOOD, train={**TRAIN, "eval_step": 10})
+    assert line.startswith("error: params.yaml train.toy: unknown keys ['eval_step'] (known: ")
+    _, line = run_stage(tmp_path, GOOD, train={**TRAIN, "precision": "fp8"})
+    assert line == "error: params.yaml train.toy.precision: 'fp8' is not one of auto, fp32, bf16, fp16"
+    _, line = run_stage(tmp_path, {**GOOD, "method": "qlora", "qlora": {"compute_dtype": "float8"}})
+    assert line == ("error: params.yaml experiments.toy.qlora.compute_dtype: 'float8' is not float32, bfloat16 "
+                    "or float16")
+
+
 def test_4bit_settings_belong_to_qlora_only(tmp_path):
     _, line = run_stage(tmp_path, {**GOOD, "qlora": {"quant_type": "nf4"}})
     assert line == "error: params.yaml experiments.toy.qlora: 4-bit settings need method qlora, not 'lora'"

@@ -42,17 +42,19 @@ def test_every_seed_setup_has_a_preset():
 
 
 def test_overlay_merges_replaces_removes_and_narrows():
-    params = {"experiments": {"a": {"model": "x"}, "b": {"model": "y"}}, "train": {"a": {"lr": 1, "epochs": 2}},
+    params = {"experiments": {"a": {"model": "x", "dataset": "one"}, "b": {"model": "y", "dataset": "two"}},
+              "train": {"a": {"lr": 1, "epochs": 2}}, "fetch_model": {"x": {}, "y": {}},
               "download": {"one": {"path": "p"}, "two": {"path": "q"}}, "report": {"dir": "reports"}}
-    overlay = {"replace": ["experiments"], "experiments": {"c": {"model": "z"}},
+    overlay = {"replace": ["experiments"], "experiments": {"c": {"model": "z", "dataset": "one"}},
                "train": {"a": {"lr": 5}}, "download": {"two": None}, "report": {"dir": "reports/real"}}
     merged = apply(params, overlay)
-    assert merged["experiments"] == {"c": {"model": "z"}}                  # replaced
+    assert merged["experiments"] == {"c": {"model": "z", "dataset": "one"}}  # replaced
     assert merged["train"] == {"a": {"lr": 5, "epochs": 2}}               # merged key by key
     assert merged["download"] == {"one": {"path": "p"}}                   # null removes
     assert merged["report"] == {"dir": "reports/real"}
     only = apply(params, {}, only=["b"])
     assert list(only["experiments"]) == ["b"] and only["train"] == {}     # a stage exists only for b
+    assert only["fetch_model"] == {"y": {}} and list(only["download"]) == ["two"]  # and what b uses
     with pytest.raises(SystemExit, match="--only names experiments the profile does not have: \\['nope'\\]"):
         apply(params, {}, only=["nope"])
 

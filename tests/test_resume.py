@@ -63,7 +63,10 @@ def repro(root: Path, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def adapter_bytes(root: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((root / "models/trained/toy").iterdir())}
+    """The adapter, and what the run reports of itself: training totals and the DVCLive curves."""
+    files = sorted((root / "models/trained/toy").iterdir()) + [root / "reports/train/toy/summary.json"]
+    files += sorted(p for p in (root / "reports/train/toy/live").rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
 
 
 def kill_after_checkpoint(root: Path, step: int) -> None:

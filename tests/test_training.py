@@ -104,3 +104,25 @@ def test_two_processes_under_accelerate_match_one_process(tmp_path):
     set_seed(7)  # the experiment's seed: the head both runs started from
     start = load_base("sequence_head", tmp_path / "p1/models/base/tiny", labels=["no", "yes"])
     assert not torch.allclose(start.classifier.weight, results[1]["classifier.weight"], rtol=0, atol=1e-6)  # it trained
+
+
+def test_keep_best_ends_with_the_weights_that_scored_best_on_validation(tmp_path, monkeypatch):
+    from datasets import load_from_disk
+
+    monkeypatch.chdir(tmp_path)
+    name = workspace(tmp_path, "bert", "sequence_head", "full")
+    set_train(tmp_path, max_steps=8, batch_size=2, eval_steps=2, keep_best="accuracy", learning_rate=0.02)
+    tokenize_stage.main([name])
+    model = train_stage.main([name])
+    curve = (tmp_path / "reports/train/toy/live/plots/metrics/eval/accuracy.tsv").read_text().splitlines()[1:]
+    logged = [float(row.split("\t")[1]) for row in curve]
+    assert len(logged) == 4  # steps 2, 4, 6, 8
+    rows = load_from_disk("data/tokenized/toy/validation")
+    model.eval()
+    with torch.no_grad():
+        predicted = [int(model(input_ids=torch.tensor([r["input_ids"]]),
+                                token_type_ids=torch.tensor([r["token_type_ids"]])).logits.argmax(-1))
+                     for r in rows]
+    accuracy = sum(p == r["labels"] for p, r in zip(predicted, rows)) / len(rows)
+    assert accuracy == max(logged)  # the kept weights score the best logged validation accuracy
+    assert not Path("checkpoints/toy").exists()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Callable
 
 READERS = {
     "collins": "stages.formats.collins",
@@ -40,7 +39,3 @@ def reader_module(name: str) -> ModuleType:
     if name not in READERS:
         raise StageError(f"unknown dataset format '{name}' (known: {', '.join(sorted(READERS))})")
     return importlib.import_module(READERS[name])
-
-
-def reader_for(name: str) -> Callable:
-    return reader_module(name).read

@@ -23,8 +23,9 @@ Standoff details (decisions):
 
 IOB2 details: an I- tag that does not continue an entity of its type is rejected, not repaired to B- as
 seqeval does: in real files it means shifted or IOB1 tags, which a silent repair would hide.
-Splits: a file under a folder named test/eval or dev/devel is test or validation; otherwise unset (the
-data here is the training set) and the convert stage assigns one.
+Splits: the shared task's own file names fix theirs (Genia4ERtask*.iob2 is train, Genia4EReval*.iob2 the
+official test set); a file under a folder named test/eval or dev/devel is test or validation; otherwise
+unset and the convert stage assigns one. (sampletest*.iob2 are, despite the name, training abstracts.)
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ TYPES = ["DNA", "RNA", "cell_line", "cell_type", "protein"]
 LABELS = ["O"] + [f"{p}-{t}" for t in TYPES for p in "BI"]
 IOB2_SUFFIXES = {".iob2", ".iob", ".conll", ".tsv"}
 SPLIT_BY_FOLDER = {"test": "test", "eval": "test", "dev": "validation", "devel": "validation"}
+SPLIT_BY_FILE = {"genia4ertask": "train", "genia4ereval": "test"}  # the BioNLP/JNLPBA 2004 release's names
 TOKEN = re.compile(r"[^\W_]+|[^\s\ufeff]")  # \ufeff: a BOM is a character for offsets, not a token
 SENTENCE_GAP = re.compile(r"\n|(?<=[.!?])[ \t]+(?=[A-Z])")
 TAG = re.compile(r"(B|I)-(.+)")
@@ -47,6 +49,9 @@ DOC_MARKER_BYTES = tuple(m.encode() for m in DOC_MARKERS)
 
 def split_of(path: Path, raw_dir: Path) -> str | None:
     """Only folders below raw_dir count: /home/test/... must not make everything test."""
+    by_name = next((split for prefix, split in SPLIT_BY_FILE.items() if path.name.lower().startswith(prefix)), None)
+    if by_name:
+        return by_name
     folders = path.relative_to(raw_dir).parent.parts
     return next((SPLIT_BY_FOLDER[p.lower()] for p in folders if p.lower() in SPLIT_BY_FOLDER), None)
 

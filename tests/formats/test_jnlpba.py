@@ -136,6 +136,15 @@ def test_split_comes_from_folders_below_raw_dir_only(tmp_path):
     assert {r["id"]: r.get("split") for r in records} == {"a:1": None, "b:1": "test", "c:1": "validation"}
 
 
+def test_the_release_file_names_fix_their_split(tmp_path):
+    # a folder holding only the official test file: its sentences are the test split, not re-split by hash
+    write(tmp_path, {"Genia4EReval1.iob2": "###MEDLINE:1\n\nIL-2\tB-protein\n\nIL-4\tB-protein\n",
+                     "Genia4ERtask2.iob2": "a\tO\n", "sampletest1.iob2": "b\tO\n"})
+    records, _ = run(tmp_path)
+    assert {r["id"]: r.get("split") for r in records} == {
+        "Genia4EReval1:1": "test", "Genia4EReval1:2": "test", "Genia4ERtask2:1": "train", "sampletest1:1": None}
+
+
 def test_options_are_refused(tmp_path):
     write(tmp_path, {"a.iob2": "a\tO\n"})
     with pytest.raises(StageError, match="takes no options"):
