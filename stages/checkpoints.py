@@ -41,6 +41,14 @@ def _digest_text(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def data_digest(tokenized: Path) -> str:
+    """The train and validation splits' bytes (the test split never reaches training)."""
+    digest = hashlib.sha256()
+    for split in ("train", "validation"):
+        digest.update(_digest_files(tokenized / split).encode())
+    return digest.hexdigest()
+
+
 def fingerprint(setup: dict[str, Any], params: dict[str, Any], tokenized: Path, base: Path) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -53,7 +61,7 @@ def fingerprint(setup: dict[str, Any], params: dict[str, Any], tokenized: Path, 
     recipe = {"experiment": setup, "train": {k: v for k, v in params.items() if k not in NOT_RESULTS}}
     code = {path: Path(path).read_text(encoding="utf-8") for path in CODE if Path(path).exists()}
     return {"params": _digest_text(recipe),
-            "data": _digest_files(tokenized / "train") + _digest_files(tokenized / "validation"),
+            "data": data_digest(tokenized),
             "base model": _digest_files(base, head_only=True),
             "code": _digest_text({"files": code, "libraries": {name: installed(name) for name in LIBRARIES}})}
 

@@ -183,13 +183,15 @@ def attach_method(model, kind: str, method: str, params: dict[str, Any], base: P
 
 
 def save_trained(model, out: Path, kind: str, method: str, labels: list[str] | None,
-                 qlora: dict[str, Any] | None, state_dict: dict | None = None) -> None:
-    """`state_dict`: the weights gathered from every process (FSDP and DeepSpeed shard them)."""
+                 qlora: dict[str, Any] | None, state_dict: dict | None = None, data_sha256: str | None = None) -> None:
+    """`state_dict`: the weights gathered from every process (FSDP and DeepSpeed shard them);
+    `data_sha256`: the train and validation splits trained on, for the merged model's card."""
     model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     (out / "README.md").unlink(missing_ok=True)  # peft's generated card: boilerplate, not our record
     if method in ADAPTER_METHODS:
         canonical_adapter_config(out / "adapter_config.json")
-    write_json(out / RECIPE, {"kind": kind, "method": method, "labels": labels, "qlora": qlora})
+    write_json(out / RECIPE, {"kind": kind, "method": method, "labels": labels, "qlora": qlora,
+                              "data_sha256": data_sha256})
 
 
 def canonical_adapter_config(path: Path) -> None:

@@ -5,11 +5,15 @@ for QLoRA), and for a head the pretrained encoder with a new head initialised fr
 trained model from models/trained/<experiment> (an adapter on its base, prompt embeddings or full weights;
 a QLoRA adapter on its 4-bit base). Both read the same rows, so they are scored on the same rows.
 
-A language model generates (greedy, batched by prompt length; decoder-only models are left-padded so every
-row continues from its right end: batches of 8 ran 2.9x faster than one row at a time on CPU with identical
-outputs). A head predicts a label per sentence or a tag per word (its first sub-token's). Each output row
-holds the id, the input as a reader would see it, the prediction and the reference the metric compares it
-with, so a row can be inspected without joining files.
+A language model generates, batched by prompt length (decoder-only models are left-padded so every row
+continues from its right end: batches of 8 ran 2.9x faster than one row at a time on CPU with identical
+outputs; a finished row stops adding tokens and the batch stops when all are done). Decoding is greedy
+unless `predict.<exp>.decoding` says otherwise (do_sample, temperature, top_p, seed, repetition_penalty,
+stop strings); the settings used are saved beside the predictions as <which>.settings.json, with how many
+prompts were cut to leave the new tokens room in the context (never silently). A head predicts a label per
+sentence or a tag per word (its first sub-token's). Each output row holds the id, the input as a reader
+would see it, the prompt as the model saw it, the prediction and the reference the metric compares it with,
+so a row can be inspected without joining files.
 """
 from __future__ import annotations
 
@@ -27,11 +31,33 @@ from stages.common import (
     read_jsonl,
     read_labels,
     run_stage,
+    write_json,
     write_jsonl,
 )
 from stages.modeling import cut_middle, device, load_base, load_tokenizer, load_trained, model_context
 
 WHICH = ("before", "after")
+DECODING = {"do_sample": bool, "temperature": float, "top_p": float, "top_k": int, "seed": int,
+            "repetition_penalty": float, "no_repeat_ngram_size": int, "stop": list}
+
+
+def decoding_settings(params: dict[str, Any], where: str) -> dict[str, Any]:
+    """generate()'s keyword arguments from predict.<exp>: greedy unless sampling is asked for."""
+    decoding = dict(params.get("decoding") or {})
+    unknown = sorted(set(decoding) - set(DECODING))
+    if unknown:
+        raise StageError(f"{where}.decoding: unknown {', '.join(unknown)} (known: {', '.join(DECODING)})")
+    for key, kind in DECODING.items():
+        if key in decoding and not isinstance(decoding[key], kind) and not (kind is float and isinstance(decoding[key], int)):
+            raise StageError(f"{where}.decoding.{key}: expected a {kind.__name__}, got {decoding[key]!r}")
+    sampling = decoding.get("do_sample", False)
+    if not sampling and any(k in decoding for k in ("temperature", "top_p", "top_k")):
+        raise StageError(f"{where}.decoding: temperature/top_p/top_k apply only with do_sample: true")
+    if sampling and "seed" not in decoding:
+        raise StageError(f"{where}.decoding: sampling needs a seed, so the same params give the same outputs")
+    return {"max_new_tokens": int(params["max_new_tokens"]), "do_sample": sampling,
+            **{k: v for k, v in decoding.items() if k not in ("do_sample", "seed")},
+            **({"seed": decoding["seed"]} if sampling else {})}
 
 
 def reference_for(metric: str, record: dict[str, Any]) -> Any:
@@ -59,10 +85,17 @@ def batches(rows: list[dict], size: int, desc: str):
         yield ordered[start:start + size]
 
 
-def generate(model, tokenizer, rows: list[dict], params: dict, encoder_decoder: bool) -> dict[str, str]:
+def generate(model, tokenizer, rows: list[dict], params: dict, settings: dict, encoder_decoder: bool) -> dict[str, str]:
     import torch
+    from transformers import set_seed
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = settings.get("stop") or []
+    options = {k: v for k, v in settings.items() if k not in ("stop", "seed")}
+    if stops:  # generation ends at a stop string; the string itself is cut from the answer below
+        options.update(stop_strings=stops, tokenizer=tokenizer)
+    if settings.get("seed") is not None:
+        set_seed(settings["seed"])  # sampling: same params, same batches, same outputs
     answers = {}
     for batch in batches(rows, int(params["batch_size"]), "generate"):
         prompts = [row["input_ids"][:row["prompt_length"]] for row in batch]
@@ -76,11 +109,13 @@ def generate(model, tokenizer, rows: list[dict], params: dict, encoder_decoder: 
         with torch.no_grad():
             output = model.generate(input_ids=torch.tensor(ids, device=model.device),
                                     attention_mask=torch.tensor(mask, device=model.device),
-                                    do_sample=False, max_new_tokens=int(params["max_new_tokens"]),
-                                    pad_token_id=pad_id)
+                                    pad_token_id=pad_id, **options)
         new_tokens = output if encoder_decoder else output[:, width:]
         for row, tokens in zip(batch, new_tokens):
-            answers[row["id"]] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            for stop in stops:
+                text = text.split(stop, 1)[0]
+            answers[row["id"]] = text.strip()
     return answers
 
 
@@ -115,6 +150,7 @@ def main(argv: list[str]) -> None:
     setup = load_experiment(experiment)
     required = ("batch_size", "max_new_tokens") if setup["generates"] else ("batch_size",)
     params = load_params("predict", experiment, required=required)
+    settings = decoding_settings(params, f"params.yaml predict.{experiment}") if setup["generates"] else {}
 
     from datasets import load_from_disk
     from transformers import set_seed
@@ -142,6 +178,7 @@ def main(argv: list[str]) -> None:
     rows = load_from_disk(str(test_split)).to_list()
     rows = sorted(rows, key=lambda row: row["id"])[: params.get("max_rows") or None]
     records = {r["id"]: r for r in read_jsonl(Path("data/converted") / setup["dataset"] / "test.jsonl")}
+    cut = 0
     if setup["generates"]:
         encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
         if not encoder_decoder:  # the new tokens need positions too: a prompt gives up its middle for them
@@ -149,16 +186,27 @@ def main(argv: list[str]) -> None:
             for row in rows:
                 if row["prompt_length"] > room:
                     row.update(input_ids=cut_middle(row["input_ids"][:row["prompt_length"]], room), prompt_length=room)
-        predictions = generate(model, tokenizer, rows, params, encoder_decoder)
+                    cut += 1
+        predictions = generate(model, tokenizer, rows, params, settings, encoder_decoder)
     else:
         predictions = classify(model, tokenizer, rows, params, labels)
         for row_id, tags in predictions.items():  # one tag per word of the record, by word index
             if isinstance(tags, dict):
                 predictions[row_id] = [tags.get(i, "O") for i in range(len(records[row_id]["tokens"]))]
     out = Path("data/predictions") / experiment / f"{which}.jsonl"
-    write_jsonl(out, ({"id": row["id"], "input": shown_input(records[row["id"]]),
+
+    def prompt(row: dict) -> str | None:  # what the model was given, chat template and any cut included
+        return tokenizer.decode(row["input_ids"][:row["prompt_length"]]) if setup["generates"] else None
+
+    write_jsonl(out, ({"id": row["id"], "input": shown_input(records[row["id"]]), "prompt": prompt(row),
                        "prediction": predictions[row["id"]],
                        "reference": reference_for(setup["metric"], records[row["id"]])} for row in rows))
+    write_json(out.with_suffix(".settings.json"), {
+        "rows": len(rows), "batch_size": int(params["batch_size"]), "decoding": settings or None,
+        "prompts_cut_to_fit": cut, "model": "base" if which == "before" else "trained"})
+    if cut:
+        print(f"[predict] {experiment} {which}: {cut} of {len(rows)} prompts lost their middle to leave "
+              f"{params['max_new_tokens']} new tokens room in the context", file=sys.stderr)
     print(f"[predict] {experiment} {which}: {len(rows)} rows -> {out}", file=sys.stderr)
 
 

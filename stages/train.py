@@ -224,7 +224,8 @@ def main(argv: list[str]):
     if not trainer.is_world_process_zero():
         return model
     with atomic_dir(Path("models/trained") / experiment) as out:
-        save_trained(model, out, kind, method, labels, setup["qlora"], gathered)
+        save_trained(model, out, kind, method, labels, setup["qlora"], gathered,
+                     checkpoints.data_digest(Path("data/tokenized") / experiment))
     checkpoints.remove(scratch)  # the result is saved: the checkpoints have served
 
     losses = write_curves(reports / "live", trainer.state.log_history)

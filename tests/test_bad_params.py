@@ -16,9 +16,10 @@ TRAIN = {"learning_rate": 0.001, "epochs": 1, "batch_size": 2, "threads": 1,
 
 
 def run_stage(tmp_path: Path, experiment: dict, stage: str = "train", train: dict | None = None,
-              env: dict | None = None) -> tuple[subprocess.CompletedProcess, str]:
+              env: dict | None = None, predict: dict | None = None) -> tuple[subprocess.CompletedProcess, str]:
     params = {"experiments": {"toy": experiment}, "train": {"toy": train or TRAIN},
-              "tokenize": {"toy": {"max_length": 64}}, "predict": {"toy": {"batch_size": 1, "max_new_tokens": 1}},
+              "tokenize": {"toy": {"max_length": 64}},
+              "predict": {"toy": predict or {"batch_size": 1, "max_new_tokens": 1}},
               "merge": {"toy": {"tolerance": 0.001}}, "score": {"toy": {}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     # -X importtime lists every module imported, on stderr: the failure must come before torch
@@ -86,3 +87,15 @@ def test_qlora_where_bitsandbytes_cannot_load_4bit_weights(tmp_path):
                         env={"PYTHONPATH": f"{tmp_path / 'old_site'}:{REPO}"})
     assert line == ("error: params.yaml experiments.toy.method: qlora needs bitsandbytes >= 0.48 to load 4-bit "
                     "weights on this machine; 0.42.0 is installed")
+
+
+@pytest.mark.parametrize("decoding,message", [
+    ({"beams": 4}, "predict.toy.decoding: unknown beams (known: do_sample, temperature, top_p, top_k, seed, "
+                   "repetition_penalty, no_repeat_ngram_size, stop)"),
+    ({"temperature": 0.7}, "predict.toy.decoding: temperature/top_p/top_k apply only with do_sample: true"),
+    ({"do_sample": True, "temperature": 0.7}, "predict.toy.decoding: sampling needs a seed"),
+    ({"stop": "###"}, "predict.toy.decoding.stop: expected a list, got '###'"),
+])
+def test_bad_decoding_settings_name_the_key(tmp_path, decoding, message):
+    _, line = run_stage(tmp_path, GOOD, "predict", predict={"batch_size": 1, "max_new_tokens": 1, "decoding": decoding})
+    assert line.startswith("error: params.yaml ") and message in line

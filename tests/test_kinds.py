@@ -143,12 +143,24 @@ def test_trains_two_steps_saves_and_reloads_to_the_same_outputs(arch, kind, meth
             assert all(p["prediction"] in ("no", "yes") for p in predictions)
         else:
             assert all(isinstance(p["prediction"], str) for p in predictions)
+        settings = json.loads(Path(f"data/predictions/{name}/{which}.settings.json").read_text())
+        generates = kind in ("causal_lm", "seq2seq")
+        assert all(isinstance(p["prompt"], str) == generates for p in predictions)  # the text the model saw
+        assert settings["rows"] == 3 and settings["decoding"] == (
+            {"max_new_tokens": 4, "do_sample": False} if generates else None)
 
     if method in ("lora", "qlora"):
         merge_stage.main([name])
         check = json.loads(Path(f"models/merged/{name}/merge_check.json").read_text())
         assert check["passed"] and check["max_abs_logit_difference"] <= 1e-3
-        assert (Path(f"models/merged/{name}") / "model.safetensors").exists()
+        merged = Path(f"models/merged/{name}")
+        assert (merged / "model.safetensors").exists() and (merged / "tokenizer.json").exists()
+        # a plain LoRA folds shard by shard; QLoRA (de-quantized whole) and a head saved beside its adapter
+        # merge as a whole model
+        assert check["by_shard"] == (method == "lora" and kind in ("causal_lm", "seq2seq"))
+        card = (merged / "README.md").read_text()
+        assert "`tiny`" in card and "adapter_model.safetensors sha256" in card
+        assert str(tmp_path) not in card
 
 
 def test_tokens_label_only_the_first_sub_token_of_each_word(tmp_path, monkeypatch):
@@ -186,3 +198,29 @@ def test_a_head_cannot_read_instruction_rows(tmp_path, monkeypatch):
     write_jsonl(tmp_path / "data/converted/toy/train.jsonl", rows_for("causal_lm", "train", 2))
     with pytest.raises(StageError, match="dataset 'toy' holds instruction rows; a sequence_head reads labelled rows"):
         tokenize_stage.main([name])
+
+
+def test_stop_strings_end_answers_and_seeded_sampling_repeats(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # the tiny GPT-Neo's greedy answers are varied text (the tiny Llama's are all special tokens)
+    name = workspace(tmp_path, "gpt_neo", "causal_lm", "lora")
+    tokenize_stage.main([name])
+
+    def predict_with(**decoding) -> list[str]:
+        params = yaml.safe_load(Path("params.yaml").read_text())
+        params["predict"][name] = {"batch_size": 2, "max_new_tokens": 12, "decoding": decoding}
+        Path("params.yaml").write_text(yaml.safe_dump(params))
+        predict_stage.main([name, "before"])
+        settings = json.loads(Path(f"data/predictions/{name}/before.settings.json").read_text())
+        assert settings["decoding"] == {"max_new_tokens": 12, "do_sample": False, **decoding} or decoding.get("do_sample")
+        lines = Path(f"data/predictions/{name}/before.jsonl").read_text().splitlines()
+        return [json.loads(line)["prediction"] for line in lines]
+
+    greedy = predict_with()
+    text = next(t for t in greedy if len(t.strip()) > 6)
+    stop = text.strip()[3:5]  # a string the greedy answer reaches after a few characters
+    stopped = predict_with(stop=[stop])
+    assert stopped == [t.split(stop, 1)[0].strip() for t in greedy]
+    assert any(len(s) < len(t) for s, t in zip(stopped, greedy))
+    sampled = predict_with(do_sample=True, temperature=1.0, seed=5)
+    assert sampled == predict_with(do_sample=True, temperature=1.0, seed=5) != greedy

@@ -125,6 +125,41 @@ def test_full_run_writes_scored_report(repo):
     assert not list((repo / "models").rglob("*.bin"))  # safetensors only
 
 
+def test_merged_model_is_folded_by_shard_and_carries_what_serving_needs(repo):
+    merged = repo / "models/merged" / EXPERIMENT
+    check = json.loads((merged / "merge_check.json").read_text())
+    assert check["by_shard"] and check["max_abs_logit_difference"] <= check["tolerance"]
+    names = {p.name for p in merged.iterdir()}
+    assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "README.md"} <= names
+    assert "chat_template.jinja" in names or "chat_template" in (merged / "tokenizer_config.json").read_text()
+    card = (merged / "README.md").read_text()
+    assert "`smollm2-135m`" in card and "`dialogsum`" in card and str(repo) not in card
+
+
+def test_predictions_hold_the_prompt_and_their_decoding_settings(repo):
+    rows = [json.loads(line) for line in (repo / "data/predictions" / EXPERIMENT / "after.jsonl").read_text().splitlines()]
+    assert all(row["prompt"].startswith("<|im_start|>system") and row["prompt"].endswith("<|im_start|>assistant\n")
+               for row in rows)  # as the model saw it: SmolLM2's chat template around the instruction
+    settings = json.loads((repo / "data/predictions" / EXPERIMENT / "after.settings.json").read_text())
+    assert settings == {"rows": 2, "batch_size": 8, "decoding": {"max_new_tokens": 8, "do_sample": False},
+                        "prompts_cut_to_fit": 0, "model": "trained"}
+
+
+def test_chat_streams_the_same_answer_greedy_decoding_gives(repo):
+    question = ["--prompt", "Summarize: #Person1#: Where is the station? #Person2#: Two blocks north.",
+                "--max-new-tokens", "24"]
+    streamed = sh(repo, sys.executable, "-m", "flows.chat", EXPERIMENT, *question)
+    whole = sh(repo, sys.executable, "-m", "flows.chat", EXPERIMENT, "--no-stream", *question)
+    assert "merged model" in streamed.stderr  # the most finished model by default
+    assert streamed.stdout.strip() == whole.stdout.strip() and len(whole.stdout.split()) > 3
+    interactive = subprocess.run([sys.executable, "-m", "flows.chat", EXPERIMENT, "--model", "adapter",
+                                  "--no-stream", "--max-new-tokens", "24"], cwd=repo, env=ENV, text=True,
+                                 capture_output=True, input=question[1] + "\n/exit\n", timeout=300)
+    # the adapter on its base answers as its merge does (greedy, logits within the merge tolerance)
+    assert interactive.returncode == 0 and interactive.stdout.removeprefix("> ").strip().startswith(
+        whole.stdout.strip()[:20])
+
+
 def test_second_run_runs_nothing_and_status_is_clean(repo):
     result = sh(repo, "dvc", "repro")
     assert stages_run(result.stdout) == set()
