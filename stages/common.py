@@ -247,8 +247,10 @@ class Ledger:
             "dropped_by_reason": self.reasons(self.dropped),
         }
 
-    def check(self, max_reject_rate: float) -> None:
-        """Print the ledger; fail when records went missing or the reject rate passes the threshold."""
+    def check(self, max_reject_rate: float, max_drop_rate: float = 0.5) -> None:
+        """Print the ledger; fail when records went missing, the reject rate passes its threshold, or options
+        would leave out (drop) more than `max_drop_rate` of the good input: no default should discard most
+        of a user's data quietly."""
         info = self.summary()
         extra = f" + synthesized {info['synthesized']}" if info["synthesized"] else ""
         dropped = f", dropped {info['dropped']} {info['dropped_by_reason']}" if info["dropped"] else ""
@@ -263,6 +265,12 @@ class Ledger:
             first = self.rejected[0]
             raise StageError(f"{self.name}: {rate:.1%} of records rejected (limit {max_reject_rate:.1%}); "
                              f"first: {first['where']}: {first['reason']}")
+        good = info["read"] + info["synthesized"] - info["rejected"]
+        dropped = info["dropped"] / good if good else 0.0
+        if dropped > max_drop_rate:
+            raise StageError(f"{self.name}: the options leave out {info['dropped']} of {good} good records "
+                             f"({dropped:.0%}, limit max_drop_rate {max_drop_rate:.0%}): {self.dropped[0]['reason']}; "
+                             f"change the options or raise max_drop_rate (every dropped record is in the rejects file)")
 
 
 def sha256_file(path: Path | str) -> str:

@@ -2,7 +2,8 @@
 
 Every raw record ends in a split file or in data/rejected/<dataset>.jsonl with its place and reason; the
 ledger (read + synthesized = written + rejected + dropped) is printed and saved (bookkeeping, not a DVC
-metric) in reports/ledger/<dataset>.json, and the stage fails when rejects pass `max_reject_rate`.
+metric) in reports/ledger/<dataset>.json, and the stage fails when rejects pass `max_reject_rate` or when
+the options leave out (down-sample) more than `max_drop_rate` (default 0.5) of the good records.
 Rows are sorted by id within a split, so the bytes do not depend on file order or the file system.
 A release's own splits are kept unless `release_splits` renames them or shares them out by hash.
 """
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> None:
     # the rejects and the ledger are written first: when the limit fails the stage, they say why
     write_jsonl(Path("data/rejected") / f"{dataset}.jsonl", ledger.rejected + ledger.dropped)
     write_json(Path("reports/ledger") / f"{dataset}.json", ledger.summary())
-    ledger.check(float(params.get("max_reject_rate", 0.01)))
+    ledger.check(float(params.get("max_reject_rate", 0.01)), float(params.get("max_drop_rate", 0.5)))
 
     # the label order a classification head is built with; [] for a dataset of free text, so every
     # dataset has the file and stages can depend on it

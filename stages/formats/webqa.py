@@ -36,7 +36,8 @@ DEFAULTS = {
     "prompt_template": "请根据给定下文：{evidence}\n告诉我{question}\n",
     "refusal_templates": REFUSAL_TEMPLATES,
     "answerable_ratio": None,   # answerable:refusal target, e.g. 1.0; null keeps the data as it is
-    "synthesize_refusals": 0,   # at most this many refusals made from another question's evidence
+    "synthesize_refusals": 0,   # at most this many refusals made from another question's evidence, or "auto":
+                                # as many as answerable_ratio lacks, so the data's size decides, not a number
     "seed": "webqa",            # salt of every hash choice (template, down-sample, synthesis)
 }
 JOIN = re.compile(r"(?<=\w)(?:\s*<e>\s*)+(?=\w)")  # "天<e>地" -> "天 地"
@@ -59,8 +60,8 @@ def options_of(options: dict[str, Any]) -> dict[str, Any]:
         raise StageError("webqa options: refusal_templates must be a non-empty list of non-empty strings")
     if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio <= 0):
         raise StageError(f"webqa options: answerable_ratio must be a number > 0 or null, got {ratio!r}")
-    if isinstance(extra, bool) or not isinstance(extra, int) or extra < 0:
-        raise StageError(f"webqa options: synthesize_refusals must be an integer >= 0, got {extra!r}")
+    if extra != "auto" and (isinstance(extra, bool) or not isinstance(extra, int) or extra < 0):
+        raise StageError(f"webqa options: synthesize_refusals must be an integer >= 0 or auto, got {extra!r}")
     return opts
 
 
@@ -239,8 +240,9 @@ def read(raw_dir: Path, options: dict[str, Any], ledger: Ledger) -> Iterator[dic
     answerable = [item for item in good if item["row"]["answerable"]]  # balance the whole input, not per split
     refusals = [item for item in good if not item["row"]["answerable"]]
     ratio, budget = opts["answerable_ratio"], opts["synthesize_refusals"]
-    if ratio is not None:  # synthesize only what the ratio lacks, up to the budget
-        budget = min(budget, max(0, round(len(answerable) / ratio) - len(refusals)))
+    lacking = max(0, round(len(answerable) / ratio) - len(refusals)) if ratio is not None else 0
+    # synthesize only what the ratio lacks, up to the budget ("auto": no budget but the ratio)
+    budget = lacking if budget == "auto" else min(budget, lacking) if ratio is not None else budget
     made = synthesize(good, budget, opts) if budget else []
     ledger.synthesized += len(made)  # no raw record behind them, yet convert counts them written (see top)
     refusals += made

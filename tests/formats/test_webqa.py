@@ -15,7 +15,7 @@ from stages import convert as convert_stage
 from stages.common import Ledger, StageError, write_jsonl
 from stages.formats import READERS
 from stages.formats.webqa import REFUSAL_TEMPLATES, read
-from tests.conftest import REPO, bad_input
+from tests.conftest import REPO, bad_input, shared_file
 
 PROMPT = "请根据给定下文：{evidence}\n告诉我{question}\n"
 
@@ -232,6 +232,49 @@ def test_synthesis_partner_stays_in_its_split(tmp_path):
         assert rows[partner]["split"] == row["split"] and rows[partner]["question_id"] != row["question_id"]
 
 
+def test_auto_synthesis_makes_what_the_ratio_lacks_and_nothing_without_one(tmp_path):
+    rows, ledger = run(small(tmp_path), {"answerable_ratio": 1.0, "synthesize_refusals": "auto"})
+    # the same four as an ample budget of 10 (above): 6 answerable want 6 refusals, 2 exist
+    assert sorted(i for i, r in rows.items() if r["synthesized"]) == [
+        "Q_T_1#syn-Q_T_3#1", "Q_T_2#syn-Q_T_4#0", "Q_T_3#syn-Q_T_4#1", "Q_T_4#syn-Q_T_2#1"]
+    assert (ledger.synthesized, ledger.dropped) == (4, [])
+    rows, ledger = run(small(tmp_path), {"synthesize_refusals": "auto"})  # no ratio: the data as it is
+    assert (ledger.synthesized, len(rows), ledger.dropped) == (0, 8, [])
+
+
+def converted(raw: Path, options: dict) -> tuple[dict[str, list], Ledger]:
+    ledger = Ledger("convert webqa")
+    return convert_stage.convert(raw, {"format": "webqa", "options": options}, ledger), ledger
+
+
+def test_options_that_leave_out_most_good_records_fail_the_ledger_check(tmp_path):
+    _, ledger = converted(small(tmp_path), {"answerable_ratio": 0.2})  # keeps 1 of 6 answerable
+    with pytest.raises(StageError, match=re.escape(
+            "the options leave out 5 of 8 good records (62%, limit max_drop_rate 50%): down-sampled: "
+            "answerable_ratio 0.2 keeps 1 of 6 answerable")):
+        ledger.check(0.01)
+    ledger.check(0.01, max_drop_rate=0.7)  # a user who means it says so
+    _, ledger = converted(small(tmp_path), {"answerable_ratio": 1.0})  # 4 of 8 dropped: exactly the limit
+    ledger.check(0.01)
+
+
+def test_real_webqa_with_the_default_params_keeps_every_answerable_question():
+    """The project's default options (params.yaml) on a real WebQA part of 2,049 answerable questions."""
+    import yaml
+
+    raw = shared_file("webqa")
+    options = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["convert"]["webqa"]["options"]
+    answerable_raw = sum(
+        1 for path in sorted(raw.glob("*.json")) for entry in json.loads(path.read_text(encoding="utf-8")).values()
+        for evidence in entry["evidences"].values() if evidence["answer"] != ["no_answer"])
+    by_split, ledger = converted(raw, options)
+    rows = [row for split in by_split.values() for row in split]
+    answerable = sum(r["answerable"] for r in rows)
+    assert answerable == answerable_raw > 1000 and ledger.dropped == [] and ledger.rejected == []
+    assert sum(not r["answerable"] for r in rows) == answerable  # balanced, 1:1
+    ledger.check(0.01)
+
+
 def test_ratio_that_cannot_be_met_is_an_error(tmp_path):
     only_answerable = {"Q_T_2": SMALL["Q_T_2"]}
     with pytest.raises(StageError, match="answerable_ratio 1.0 cannot be met: 2 answerable, 0 refusal"):
@@ -247,6 +290,7 @@ def test_ratio_that_cannot_be_met_is_an_error(tmp_path):
     ({"answerable_ratio": "1"}, "answerable_ratio must be a number > 0"),
     ({"synthesize_refusals": -1}, "synthesize_refusals must be an integer"),
     ({"synthesize_refusals": True}, "synthesize_refusals must be an integer"),
+    ({"synthesize_refusals": "many"}, "synthesize_refusals must be an integer >= 0 or auto, got 'many'"),
 ])
 def test_bad_options_stop_before_reading(tmp_path, options, message):
     with pytest.raises(StageError, match=re.escape(message)):
