@@ -29,7 +29,7 @@ def folders(experiment: str, setup: dict) -> dict[str, Path]:
 def pick_model(experiment: str, setup: dict, which: str | None) -> tuple[str, Path]:
     paths = folders(experiment, setup)
     if which is None:  # the most finished model there is
-        which = next(name for name in ("merged", "adapter", "base") if paths[name].exists())
+        which = next((name for name in ("merged", "adapter", "base") if paths[name].exists()), "base")
     if not paths[which].exists():
         stage = {"base": f"fetch_model@{setup['model']}", "adapter": f"train@{experiment}",
                  "merged": f"merge@{experiment}"}[which]
@@ -38,13 +38,15 @@ def pick_model(experiment: str, setup: dict, which: str | None) -> tuple[str, Pa
 
 
 def load(setup: dict, which: str, folder: Path):
-    from stages.modeling import load_base, load_tokenizer, load_trained
+    from stages.modeling import device, load_base, load_tokenizer, load_trained
 
     base = folders("", setup)["base"]
     if which == "adapter":
         model = load_trained(base, folder)
     else:
         model = load_base(setup["kind"], folder, qlora=setup["qlora"] if which == "base" else None).eval()
+    if setup["qlora"] is None or which == "merged":  # a 4-bit model is placed as it loads
+        model.to(device())
     return model, load_tokenizer(base)
 
 
@@ -72,11 +74,18 @@ def answer(model, tokenizer, ids: list[int], options: dict, stream) -> str:
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=not model.config.is_encoder_decoder,
                                     skip_special_tokens=True)
 
-    def run():
-        with torch.no_grad():
-            model.generate(**inputs, pad_token_id=pad, streamer=streamer, **options)
+    failure: list[BaseException] = []
 
-    worker = threading.Thread(target=run)
+    def run():
+        try:
+            with torch.no_grad():
+                model.generate(**inputs, pad_token_id=pad, streamer=streamer, **options)
+        except BaseException as err:  # noqa: BLE001 - handed to the printing thread, raised there
+            failure.append(err)
+        finally:
+            streamer.end()  # else the loop below would wait for tokens forever
+
+    worker = threading.Thread(target=run, daemon=True)  # Ctrl-C ends the program, not only the printing
     worker.start()
     pieces = []
     for piece in streamer:
@@ -85,6 +94,8 @@ def answer(model, tokenizer, ids: list[int], options: dict, stream) -> str:
         stream.flush()
     worker.join()
     stream.write("\n")
+    if failure:
+        raise failure[0]
     return "".join(pieces).strip()
 
 
@@ -99,6 +110,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-stream", action="store_true", help="print the whole answer at the end")
     args = parser.parse_args(argv)
+    if args.temperature is not None and args.temperature <= 0:
+        raise StageError("--temperature: a number > 0 (leave it out for greedy decoding)")
 
     setup = load_experiment(args.experiment)
     if not setup["generates"]:

@@ -9,6 +9,7 @@ A release's own splits are kept unless `release_splits` renames them or shares t
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +43,24 @@ def convert(raw_dir: Path, params: dict[str, Any], ledger: Ledger) -> dict[str, 
         raise StageError(f"params.yaml convert: the {params['format']} reader draws the {clash[0]} split itself; "
                          f"remove '{clash[0]}' from split ratios {ratios} so no other row is added to it")
     release = check_release_splits(params.get("release_splits") or {})
+
+    def place(split: str | None, group: str) -> str:
+        """The split a record lands in: a release that fixes its own keeps it (or what release_splits makes
+        of it); otherwise the hash of its group (or id) decides. Readers that pair records across questions
+        (WebQA's synthesized refusals) ask it too, so a pair never crosses splits."""
+        target = release.get(split, split) if split else ratios
+        return split_for(group, target, salt=params.get("seed", "split")) if isinstance(target, dict) else target
+
     by_split: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
     seen: set[str] = set()
-    for record in reader.read(raw_dir, params.get("options") or {}, ledger):
+    extra = {"place": place} if "place" in inspect.signature(reader.read).parameters else {}
+    for record in reader.read(raw_dir, params.get("options") or {}, ledger, **extra):
         if record["id"] in seen:
             ledger.reject(f"#{record['id']}", "duplicate id", record)
             continue
         seen.add(record["id"])
-        # a release that fixes its own split keeps it (or what release_splits makes of it); otherwise the
-        # hash of the group (or id) decides
         group = record.pop("group", record["id"])
-        split = record.pop("split", None)
-        split = release.get(split, split) if split else ratios
-        if isinstance(split, dict):
-            split = split_for(group, split, salt=params.get("seed", "split"))
+        split = place(record.pop("split", None), group)
         record["split"] = split
         by_split[split].append(record)
         ledger.written[split] += 1
@@ -81,12 +86,16 @@ def main(argv: list[str]) -> None:
     raw_dir = Path("data/raw") / dataset
     if not raw_dir.is_dir():
         raise StageError(f"{raw_dir}: not found (run the download stage first: dvc repro download@{dataset})")
+    limits = {key: params.get(key, default) for key, default in (("max_reject_rate", 0.01), ("max_drop_rate", 0.5))}
+    for key, value in limits.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise StageError(f"params.yaml convert.{dataset}.{key}: a fraction between 0 and 1, got {value!r}")
     ledger = Ledger(f"convert {dataset}")
     by_split = convert(raw_dir, params, ledger)
     # the rejects and the ledger are written first: when the limit fails the stage, they say why
     write_jsonl(Path("data/rejected") / f"{dataset}.jsonl", ledger.rejected + ledger.dropped)
     write_json(Path("reports/ledger") / f"{dataset}.json", ledger.summary())
-    ledger.check(float(params.get("max_reject_rate", 0.01)), float(params.get("max_drop_rate", 0.5)))
+    ledger.check(float(limits["max_reject_rate"]), float(limits["max_drop_rate"]))
 
     # the label order a classification head is built with; [] for a dataset of free text, so every
     # dataset has the file and stages can depend on it

@@ -12,6 +12,8 @@ ranks, trained biases, a new head saved beside it) needs the whole-model merge.
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 from pathlib import Path
 
@@ -21,20 +23,59 @@ ADAPTER_PREFIX = "base_model.model."
 COPIED = ("config.json", "generation_config.json")  # what from_pretrained needs besides the weights
 
 
-def unsupported(adapter: Path) -> str | None:
-    """Why this adapter cannot be folded shard by shard, or None when it can."""
+# LoRA config keys whose non-default values change what a merge must do; any of them set -> whole-model merge
+VARIANTS = {"use_dora": "DoRA rescales whole weight columns", "rank_pattern": "per-module ranks",
+            "alpha_pattern": "per-module alphas", "modules_to_save": "whole modules saved beside the adapter",
+            "layers_to_transform": "a layer subset", "layer_replication": "replicated layers",
+            "lora_bias": "a bias on lora_B", "target_parameters": "LoRA on parameters, not modules",
+            "trainable_token_indices": "trained token embeddings", "use_qalora": "QALoRA",
+            "use_bdlora": "block-diagonal LoRA", "alora_invocation_tokens": "activated LoRA",
+            "kasa_config": "KaSA", "velora_config": "VeLoRA", "arrow_config": "Arrow routing"}
+PLAIN_KEY = re.compile(r"\.lora_([AB])\.weight$")
+
+
+def unsupported(adapter: Path, base: Path | None = None, dtype: str | None = None) -> str | None:
+    """Why this adapter cannot be folded shard by shard (into `base`, cast to `dtype`), or None when it can:
+    only plain LoRA on weights the base's checkpoint holds, which is what peft merges by W + BA * scaling."""
+    from safetensors import safe_open
+
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     if config.get("peft_type") != "LORA":
         return f"a {config.get('peft_type')} adapter has no low-rank update"
-    reasons = {"use_dora": "DoRA rescales whole weight columns", "rank_pattern": "per-module ranks",
-               "alpha_pattern": "per-module alphas", "modules_to_save": "whole modules saved beside the adapter",
-               "layers_to_transform": "a layer subset"}
-    for key, reason in reasons.items():
+    for key, reason in VARIANTS.items():
         if config.get(key):
             return f"{reason} ({key})"
     if config.get("bias", "none") != "none":
         return f"trained biases (bias: {config['bias']})"
+    with safe_open(adapter / "adapter_model.safetensors", "pt") as tensors:
+        other = next((key for key in tensors.keys() if not PLAIN_KEY.search(key)), None)
+    if other:  # LoRA on an embedding (lora_embedding_A), a saved module, ...
+        return f"the adapter holds {other}, not only lora_A/lora_B weights"
+    if base is None:
+        return None
+    names = set()
+    for name in shard_files(base):
+        with safe_open(base / name, "pt") as shard:
+            names.update(shard.keys())
+    for module in lora_modules(adapter):
+        if weight_key(module, names) is None:  # e.g. a tied lm_head: its weight is the embedding's
+            return f"{module} has no weight of its own in the base's checkpoint"
+    if dtype and dtype != "float32":
+        architecture = (json.loads((base / "config.json").read_text(encoding="utf-8")).get("architectures") or [""])[0]
+        import transformers
+
+        model_class = getattr(transformers, architecture, None)
+        kept = getattr(model_class, "_keep_in_fp32_modules", None) or getattr(model_class, "_keep_in_fp32_modules_strict", None)
+        if model_class is None or kept:
+            return f"{architecture or 'this model'} keeps some modules in float32 when loaded in {dtype}"
     return None
+
+
+def lora_modules(adapter: Path) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(adapter / "adapter_model.safetensors", "pt") as tensors:
+        return {PLAIN_KEY.sub("", key).removeprefix(ADAPTER_PREFIX) for key in tensors.keys() if PLAIN_KEY.search(key)}
 
 
 def shard_files(base: Path) -> list[str]:
@@ -53,7 +94,7 @@ def lora_updates(adapter: Path) -> dict[str, dict]:
 
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     r, alpha = int(config["r"]), float(config["lora_alpha"])
-    scaling = alpha / r ** 0.5 if config.get("use_rslora") else alpha / r
+    scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r  # peft's own formulas
     modules: dict[str, dict] = {}
     for key, tensor in load_file(adapter / "adapter_model.safetensors").items():
         path, _, part = key.removeprefix(ADAPTER_PREFIX).rpartition(".lora_")
@@ -82,7 +123,7 @@ def merge_by_shard(base: Path, adapter: Path, out: Path, dtype: str | None = Non
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    reason = unsupported(adapter)
+    reason = unsupported(adapter, base, dtype)
     if reason:
         raise ValueError(f"{adapter}: cannot merge shard by shard: {reason}")
     files = shard_files(base)
@@ -128,6 +169,7 @@ def merge_by_shard(base: Path, adapter: Path, out: Path, dtype: str | None = Non
             shutil.copyfile(base / name, out / name)
     if cast is not None:
         config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        config.pop("torch_dtype", None)  # the older name would contradict the new one
         config["dtype"] = dtype
         (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return {"shards": len(files), "modules": len(updates)}

@@ -35,6 +35,7 @@ from stages.common import (
 from stages.lora_shards import merge_by_shard, unsupported
 from stages.modeling import MERGEABLE, load_base, load_trained, read_recipe
 
+DTYPES = ("float32", "bfloat16", "float16")
 CHECK_TEXTS = ["The quick brown fox jumps over the lazy dog.", "长江是中国最长的河流。", "Summarize: #Person1#: Hi."]
 
 
@@ -53,8 +54,8 @@ def logits(model, tokenizer, texts: list[str]):
     return torch.cat(outputs)
 
 
-def choose_by_shard(setting: Any, method: str, trained: Path, where: str) -> bool:
-    reason = "QLoRA's base is de-quantized as a whole model" if method == "qlora" else unsupported(trained)
+def choose_by_shard(setting: Any, method: str, trained: Path, base: Path, dtype: str, where: str) -> bool:
+    reason = "QLoRA's base is de-quantized as a whole model" if method == "qlora" else unsupported(trained, base, dtype)
     if setting in ("auto", None):
         return reason is None
     if setting is True and reason:
@@ -92,8 +93,13 @@ def main(argv: list[str]) -> None:
     base = Path("models/base") / setup["model"]
     trained = Path("models/trained") / experiment
     recipe = read_recipe(trained)
-    by_shard = choose_by_shard(params.get("by_shard", "auto"), setup["method"], trained, where)
     dtype = params.get("dtype", "float32")  # a 7B model merges in float16 in half the memory of float32
+    if dtype not in DTYPES:
+        raise StageError(f"{where}.dtype: one of {', '.join(DTYPES)}, not {dtype!r}")
+    if setup["method"] == "qlora" and dtype != "float32":  # its base de-quantizes to its compute dtype
+        raise StageError(f"{where}.dtype: a QLoRA merge de-quantizes to experiments.{experiment}.qlora."
+                         f"compute_dtype; leave dtype out")
+    by_shard = choose_by_shard(params.get("by_shard", "auto"), setup["method"], trained, base, dtype, where)
 
     from transformers import AutoTokenizer
 
@@ -114,6 +120,7 @@ def main(argv: list[str]) -> None:
             merged = adapter_model.merge_and_unload()
             merged.save_pretrained(out, safe_serialization=True)
         difference = float((logits(merged, tokenizer, CHECK_TEXTS) - expected).abs().max())
+        dtype = str(next(merged.parameters()).dtype).removeprefix("torch.")  # what was written, QLoRA's too
         check = {"max_abs_logit_difference": difference, "tolerance": float(params["tolerance"]), "dtype": dtype,
                  "inputs": len(CHECK_TEXTS), "by_shard": by_shard, "passed": difference <= float(params["tolerance"])}
         if not check["passed"]:

@@ -39,6 +39,8 @@ from stages.modeling import cut_middle, device, load_base, load_tokenizer, load_
 WHICH = ("before", "after")
 DECODING = {"do_sample": bool, "temperature": float, "top_p": float, "top_k": int, "seed": int,
             "repetition_penalty": float, "no_repeat_ngram_size": int, "stop": list}
+RANGES = {"temperature": (0, None), "top_p": (0, 1), "top_k": (1, None), "repetition_penalty": (0, None),
+          "no_repeat_ngram_size": (1, None)}  # (exclusive low for floats / inclusive low for ints, inclusive high)
 
 
 def decoding_settings(params: dict[str, Any], where: str) -> dict[str, Any]:
@@ -48,11 +50,22 @@ def decoding_settings(params: dict[str, Any], where: str) -> dict[str, Any]:
     if unknown:
         raise StageError(f"{where}.decoding: unknown {', '.join(unknown)} (known: {', '.join(DECODING)})")
     for key, kind in DECODING.items():
-        if key in decoding and not isinstance(decoding[key], kind) and not (kind is float and isinstance(decoding[key], int)):
-            raise StageError(f"{where}.decoding.{key}: expected a {kind.__name__}, got {decoding[key]!r}")
+        value = decoding.get(key)
+        if key not in decoding:
+            continue
+        number = kind in (int, float) and not isinstance(value, bool)
+        if kind is float and number and isinstance(value, int):
+            value = decoding[key] = float(value)  # transformers checks isinstance(x, float): 2 means 2.0
+        if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+            raise StageError(f"{where}.decoding.{key}: expected a {kind.__name__}, got {value!r}")
+        low, high = RANGES.get(key, (None, None))
+        if (low is not None and (value <= low if kind is float else value < low)) or (high is not None and value > high):
+            raise StageError(f"{where}.decoding.{key}: {value!r} is out of range")
+    if not all(isinstance(stop, str) and stop for stop in decoding.get("stop", [])):
+        raise StageError(f"{where}.decoding.stop: a list of non-empty strings, got {decoding['stop']!r}")
     sampling = decoding.get("do_sample", False)
-    if not sampling and any(k in decoding for k in ("temperature", "top_p", "top_k")):
-        raise StageError(f"{where}.decoding: temperature/top_p/top_k apply only with do_sample: true")
+    if not sampling and any(k in decoding for k in ("temperature", "top_p", "top_k", "seed")):
+        raise StageError(f"{where}.decoding: temperature/top_p/top_k/seed apply only with do_sample: true")
     if sampling and "seed" not in decoding:
         raise StageError(f"{where}.decoding: sampling needs a seed, so the same params give the same outputs")
     return {"max_new_tokens": int(params["max_new_tokens"]), "do_sample": sampling,

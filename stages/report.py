@@ -209,8 +209,8 @@ def main(argv: list[str]) -> None:
         for name in names:
             lines += experiment_section(name, setups[name], metrics[name], out)
     lines += metric_definitions(sorted({setup["metric"] for setup in setups.values()}))
-    lines += ["Rebuild with `dvc repro`; compare runs with `dvc exp show --only-changed`. Timings are in "
-              "`reports/speed/<experiment>.json`.", ""]
+    lines += ["Rebuild with `dvc repro`; compare runs with `dvc exp show --only-changed`. The last run's wall-clock "
+              "timings on its machine are in `reports/speed/<experiment>.json` (kept out of git and DVC).", ""]
     with atomic_file(out / "README.md") as handle:
         handle.write("\n".join(lines))
     print(f"[report] {out / 'README.md'}")

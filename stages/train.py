@@ -12,7 +12,8 @@ stages/modeling.py; this stage is the same Trainer loop for all of them:
 - `processes: N` re-launches the stage under `accelerate launch` (DDP; FSDP or DeepSpeed through an
   accelerate config file in `accelerate_config`); bf16 (fp16 where bf16 is missing) on a GPU, fp32 on a CPU.
 What reloads the model (adapter, prompt embeddings or full weights) is saved as safetensors; totals go to
-summary.json and the wall-clock speed to reports/speed/<experiment>.json.
+summary.json and the wall-clock speed to reports/speed/<experiment>.json (neither a DVC output nor in git:
+it differs on every run, so tracking it would make every run change tracked files).
 """
 from __future__ import annotations
 

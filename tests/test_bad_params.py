@@ -92,7 +92,11 @@ def test_qlora_where_bitsandbytes_cannot_load_4bit_weights(tmp_path):
 @pytest.mark.parametrize("decoding,message", [
     ({"beams": 4}, "predict.toy.decoding: unknown beams (known: do_sample, temperature, top_p, top_k, seed, "
                    "repetition_penalty, no_repeat_ngram_size, stop)"),
-    ({"temperature": 0.7}, "predict.toy.decoding: temperature/top_p/top_k apply only with do_sample: true"),
+    ({"temperature": 0.7}, "predict.toy.decoding: temperature/top_p/top_k/seed apply only with do_sample: true"),
+    ({"do_sample": True, "seed": 1, "temperature": 0}, "predict.toy.decoding.temperature: 0.0 is out of range"),
+    ({"do_sample": True, "seed": 1, "top_p": 1.5}, "predict.toy.decoding.top_p: 1.5 is out of range"),
+    ({"do_sample": True, "seed": True}, "predict.toy.decoding.seed: expected a int, got True"),
+    ({"stop": ["###", ""]}, "predict.toy.decoding.stop: a list of non-empty strings"),
     ({"do_sample": True, "temperature": 0.7}, "predict.toy.decoding: sampling needs a seed"),
     ({"stop": "###"}, "predict.toy.decoding.stop: expected a list, got '###'"),
 ])

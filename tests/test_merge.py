@@ -3,6 +3,7 @@ itself (a corrupted adapter or a tolerance the merge cannot meet fails with one 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,33 @@ def test_by_shard_true_on_an_adapter_that_cannot_names_the_reason(tmp_path, monk
     config_path.write_text(json.dumps(config))
     with pytest.raises(StageError, match=r"merge.toy.by_shard: cannot merge .* trained biases"):
         merge_stage.main([name])
+
+
+def test_a_tied_lm_head_or_embedding_lora_goes_to_the_whole_model_merge(tmp_path, monkeypatch):
+    from stages import merge as merge_stage
+
+    # the tiny Llama ties its lm_head to the embedding (as SmolLM2 does): the checkpoint has no lm_head weight
+    base, adapter = base_and_adapter(tmp_path, "llama")
+    from peft import LoraConfig, get_peft_model
+
+    model = auto_class("llama").from_pretrained(base)
+    assert model.config.tie_word_embeddings
+    get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"])).save_pretrained(
+        tmp_path / "lm-head-adapter")
+    # peft saves the tied weight beside such an adapter; either way it is not a plain shard-by-shard case
+    assert "lm_head" in unsupported(tmp_path / "lm-head-adapter", base)
+    model = auto_class("llama").from_pretrained(base)
+    get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["embed_tokens"])).save_pretrained(
+        tmp_path / "embedding-adapter")
+    assert "not only lora_A/lora_B weights" in unsupported(tmp_path / "embedding-adapter", base)
+
+    monkeypatch.chdir(tmp_path)
+    name = merge_workspace(tmp_path / "ws", "llama", {"tolerance": 1e-4})
+    monkeypatch.chdir(tmp_path / "ws")
+    shutil.rmtree("models/trained/toy/")
+    shutil.copytree(tmp_path / "lm-head-adapter", "models/trained/toy")
+    Path("models/trained/toy/recipe.json").write_text(json.dumps(
+        {"kind": "causal_lm", "method": "lora", "labels": None, "qlora": None, "data_sha256": None}))
+    merge_stage.main([name])  # auto: the whole-model merge, checked like any other
+    check = json.loads(Path("models/merged/toy/merge_check.json").read_text())
+    assert check["passed"] and not check["by_shard"]

@@ -209,9 +209,14 @@ def test_labels_mask_exactly_the_prompt_with_the_real_chat_template(repo):
 def test_forced_retrain_gives_byte_identical_adapter(repo):
     adapter = repo / "models/trained" / EXPERIMENT
     before = {p.name: p.read_bytes() for p in adapter.iterdir()}
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "results")
     sh(repo, "dvc", "repro", "-f", "-s", f"train@{EXPERIMENT}")  # a new process: a new Python hash seed
     assert {p.name: p.read_bytes() for p in adapter.iterdir()} == before  # seeded, threads pinned, sorted config
     assert f"merge@{EXPERIMENT}" not in sh(repo, "dvc", "status").stdout  # so nothing downstream is stale
+    # the run leaves git's working tree as it found it: wall-clock timings are neither in git nor in dvc.lock
+    assert (repo / "reports/speed" / f"{EXPERIMENT}.json").exists()
+    assert sh(repo, "git", "status", "--porcelain").stdout == ""
 
 
 def test_test_only_data_change_regenerates_but_never_retrains(repo):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from stages.common import Ledger, StageError, stable_choice, stable_fraction
 
@@ -62,6 +62,9 @@ def options_of(options: dict[str, Any]) -> dict[str, Any]:
         raise StageError(f"webqa options: answerable_ratio must be a number > 0 or null, got {ratio!r}")
     if extra != "auto" and (isinstance(extra, bool) or not isinstance(extra, int) or extra < 0):
         raise StageError(f"webqa options: synthesize_refusals must be an integer >= 0 or auto, got {extra!r}")
+    if extra == "auto" and ratio is None:
+        raise StageError("webqa options: synthesize_refusals: auto makes what answerable_ratio lacks; "
+                         "set answerable_ratio (e.g. 1.0) or give a number")
     return opts
 
 
@@ -166,16 +169,19 @@ def make_row(eid: str, qid: str, question: str, evidence: str, answers: list[str
     return row
 
 
-def synthesize(good: list[dict[str, Any]], count: int, opts: dict[str, Any]) -> list[dict[str, Any]]:
+def synthesize(good: list[dict[str, Any]], count: int, opts: dict[str, Any],
+               place: Callable[[str | None, str], str] | None = None) -> list[dict[str, Any]]:
     """Up to `count` refusals, one per question in hash order: the question asked of an evidence of another
     question of its split, re-drawn while that question has the same text (its own evidences included) or
-    the evidence holds one of our answers, since it might answer us after all."""
+    the evidence holds one of our answers, since it might answer us after all. `place` (from convert) gives
+    the split a question will land in when its file names none, so no pair crosses train and test."""
     questions: dict[str, dict] = {}
     pools: dict[str | None, list[dict]] = {}
     for item in sorted(good, key=lambda item: item["row"]["id"]):  # pools in id order, not file order
-        info = questions.setdefault(item["qid"], dict(text=item["question"], split=item["split"], answers=set()))
+        split = place(item["split"], item["qid"]) if place else item["split"]
+        info = questions.setdefault(item["qid"], dict(text=item["question"], split=split, answers=set()))
         info["answers"].update(item["row"]["answers"])
-        pools.setdefault(item["split"], []).append(item)
+        pools.setdefault(split, []).append(item)
     made = []
     for qid in sorted(questions, key=lambda q: (stable_fraction(q, f"{opts['seed']}:synth"), q)):
         if len(made) == count:
@@ -202,7 +208,8 @@ def down_sample(items: list[dict], keep: int, label: str, opts: dict, ledger: Le
     return ranked[:keep]
 
 
-def read(raw_dir: Path, options: dict[str, Any], ledger: Ledger) -> Iterator[dict[str, Any]]:
+def read(raw_dir: Path, options: dict[str, Any], ledger: Ledger,
+         place: Callable[[str | None, str], str] | None = None) -> Iterator[dict[str, Any]]:
     opts = options_of(options)
     files = sorted(p for p in Path(raw_dir).rglob("*.json") if p.is_file())
     if not files:
@@ -243,7 +250,7 @@ def read(raw_dir: Path, options: dict[str, Any], ledger: Ledger) -> Iterator[dic
     lacking = max(0, round(len(answerable) / ratio) - len(refusals)) if ratio is not None else 0
     # synthesize only what the ratio lacks, up to the budget ("auto": no budget but the ratio)
     budget = lacking if budget == "auto" else min(budget, lacking) if ratio is not None else budget
-    made = synthesize(good, budget, opts) if budget else []
+    made = synthesize(good, budget, opts, place) if budget else []
     ledger.synthesized += len(made)  # no raw record behind them, yet convert counts them written (see top)
     refusals += made
     if ratio is not None and (answerable or refusals):

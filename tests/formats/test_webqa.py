@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stages import convert as convert_stage
-from stages.common import Ledger, StageError, write_jsonl
+from stages.common import Ledger, StageError, split_for, write_jsonl
 from stages.formats import READERS
 from stages.formats.webqa import REFUSAL_TEMPLATES, read
 from tests.conftest import REPO, bad_input, shared_file
@@ -238,8 +238,29 @@ def test_auto_synthesis_makes_what_the_ratio_lacks_and_nothing_without_one(tmp_p
     assert sorted(i for i, r in rows.items() if r["synthesized"]) == [
         "Q_T_1#syn-Q_T_3#1", "Q_T_2#syn-Q_T_4#0", "Q_T_3#syn-Q_T_4#1", "Q_T_4#syn-Q_T_2#1"]
     assert (ledger.synthesized, ledger.dropped) == (4, [])
-    rows, ledger = run(small(tmp_path), {"synthesize_refusals": "auto"})  # no ratio: the data as it is
-    assert (ledger.synthesized, len(rows), ledger.dropped) == (0, 8, [])
+    with pytest.raises(StageError, match="synthesize_refusals: auto makes what answerable_ratio lacks"):
+        run(small(tmp_path), {"synthesize_refusals": "auto"})  # no ratio: nothing to fill, say so
+
+
+def test_synthesized_refusals_never_pair_questions_of_different_splits(tmp_path, monkeypatch):
+    """A file that names no split is split by convert, by the hash of the question: a refusal must take its
+    evidence from a question that lands in the same split, or a test question's evidence reaches training."""
+    monkeypatch.setitem(READERS, "webqa", "stages.formats.webqa")
+    params = {"format": "webqa", "split": {"train": 0.5, "test": 0.5},
+              "options": {"answerable_ratio": 1.0, "synthesize_refusals": "auto"}}
+    by_split = convert_stage.convert(small(tmp_path), params, Ledger("convert webqa"))
+    split_of = {row["id"]: split for split, rows in by_split.items() for row in rows}
+    made = [row for rows in by_split.values() for row in rows if row["synthesized"]]
+    assert made
+    for row in made:
+        partner = row["id"].split("#syn-")[1]
+        assert split_of[partner] == row["split"]
+    # without convert's placing, the reader pools the whole file and some pairs do cross: the case above
+    # is a real one on this data
+    rows, _ = run(small(tmp_path), params["options"])
+    lands = {qid: split_for(qid, params["split"]) for qid in SMALL}
+    assert any(lands[row["question_id"]] != lands[rows[row["id"].split("#syn-")[1]]["question_id"]]
+               for row in rows.values() if row["synthesized"])
 
 
 def converted(raw: Path, options: dict) -> tuple[dict[str, list], Ledger]:
