@@ -40,7 +40,7 @@ def pick_model(experiment: str, setup: dict, which: str | None) -> tuple[str, Pa
 def load(setup: dict, which: str, folder: Path):
     from stages.modeling import device, load_base, load_tokenizer, load_trained
 
-    base = folders("", setup)["base"]
+    base = Path("models/base") / setup["model"]
     if which == "adapter":
         model = load_trained(base, folder)
     else:
@@ -55,8 +55,9 @@ def prompt_ids(tokenizer, text: str, system: str | None, history: list[dict], en
         return tokenizer(text + ("" if encoder_decoder else "\n\n"))["input_ids"]
     messages = ([{"role": "system", "content": system}] if system else []) + history + [
         {"role": "user", "content": text}]
-    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+    from stages.tokenize import _ids
+
+    return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
 
 
 def answer(model, tokenizer, ids: list[int], options: dict, stream) -> str:

@@ -49,7 +49,8 @@ def data_digest(tokenized: Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(setup: dict[str, Any], params: dict[str, Any], tokenized: Path, base: Path) -> dict[str, str]:
+def fingerprint(setup: dict[str, Any], params: dict[str, Any], data: str, base: Path) -> dict[str, str]:
+    """`data`: data_digest() of the experiment's tokenized splits."""
     from importlib.metadata import PackageNotFoundError, version
 
     def installed(name: str) -> str:
@@ -61,7 +62,7 @@ def fingerprint(setup: dict[str, Any], params: dict[str, Any], tokenized: Path, 
     recipe = {"experiment": setup, "train": {k: v for k, v in params.items() if k not in NOT_RESULTS}}
     code = {path: Path(path).read_text(encoding="utf-8") for path in CODE if Path(path).exists()}
     return {"params": _digest_text(recipe),
-            "data": data_digest(tokenized),
+            "data": data,
             "base model": _digest_files(base, head_only=True),
             "code": _digest_text({"files": code, "libraries": {name: installed(name) for name in LIBRARIES}})}
 

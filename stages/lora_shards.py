@@ -53,10 +53,7 @@ def unsupported(adapter: Path, base: Path | None = None, dtype: str | None = Non
         return f"the adapter holds {other}, not only lora_A/lora_B weights"
     if base is None:
         return None
-    names = set()
-    for name in shard_files(base):
-        with safe_open(base / name, "pt") as shard:
-            names.update(shard.keys())
+    names = set(tensor_files(base))
     for module in lora_modules(adapter):
         if weight_key(module, names) is None:  # e.g. a tied lm_head: its weight is the embedding's
             return f"{module} has no weight of its own in the base's checkpoint"
@@ -88,6 +85,17 @@ def shard_files(base: Path) -> list[str]:
     raise FileNotFoundError(f"{base}: no {SINGLE} or {INDEX} (only safetensors weights are merged)")
 
 
+def tensor_files(base: Path) -> dict[str, str]:
+    """Each tensor name of the base's checkpoint -> the file that holds it (headers only are read)."""
+    from safetensors import safe_open
+
+    names: dict[str, str] = {}
+    for name in shard_files(base):
+        with safe_open(base / name, "pt") as shard:
+            names.update(dict.fromkeys(shard.keys(), name))
+    return names
+
+
 def lora_updates(adapter: Path) -> dict[str, dict]:
     """Module path -> its A and B matrices (small: the whole adapter is held, never the base)."""
     from safetensors.torch import load_file
@@ -96,11 +104,8 @@ def lora_updates(adapter: Path) -> dict[str, dict]:
     r, alpha = int(config["r"]), float(config["lora_alpha"])
     scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r  # peft's own formulas
     modules: dict[str, dict] = {}
-    for key, tensor in load_file(adapter / "adapter_model.safetensors").items():
-        path, _, part = key.removeprefix(ADAPTER_PREFIX).rpartition(".lora_")
-        if not part:
-            raise ValueError(f"{adapter}: unexpected tensor {key} in a plain LoRA adapter")
-        modules.setdefault(path, {})[part.split(".")[0]] = tensor
+    for key, tensor in load_file(adapter / "adapter_model.safetensors").items():  # plain keys: see unsupported
+        modules.setdefault(PLAIN_KEY.sub("", key).removeprefix(ADAPTER_PREFIX), {})[PLAIN_KEY.search(key)[1]] = tensor
     for path, parts in modules.items():
         if set(parts) != {"A", "B"}:
             raise ValueError(f"{adapter}: module {path} has {sorted(parts)} of lora A and B")
@@ -126,18 +131,12 @@ def merge_by_shard(base: Path, adapter: Path, out: Path, dtype: str | None = Non
     reason = unsupported(adapter, base, dtype)
     if reason:
         raise ValueError(f"{adapter}: cannot merge shard by shard: {reason}")
-    files = shard_files(base)
-    names: dict[str, str] = {}
-    for name in files:
-        with safe_open(base / name, "pt") as shard:
-            names.update(dict.fromkeys(shard.keys(), name))
+    files, names = shard_files(base), tensor_files(base)
     updates = lora_updates(adapter)
-    targets = {}
-    for module in updates:
+    targets: dict[str, dict] = {}  # file -> weight name -> its update (unsupported() checked every module has one)
+    for module, update in updates.items():
         key = weight_key(module, set(names))
-        if key is None:
-            raise ValueError(f"{adapter}: module {module} has no weight in {base} (another model's adapter?)")
-        targets.setdefault(names[key], {})[key] = updates[module]
+        targets.setdefault(names[key], {})[key] = update
 
     out.mkdir(parents=True, exist_ok=True)
     cast = getattr(torch, dtype) if dtype else None

@@ -120,12 +120,12 @@ def main(argv: list[str]) -> None:
             merged = adapter_model.merge_and_unload()
             merged.save_pretrained(out, safe_serialization=True)
         difference = float((logits(merged, tokenizer, CHECK_TEXTS) - expected).abs().max())
-        dtype = str(next(merged.parameters()).dtype).removeprefix("torch.")  # what was written, QLoRA's too
-        check = {"max_abs_logit_difference": difference, "tolerance": float(params["tolerance"]), "dtype": dtype,
+        written = str(next(merged.parameters()).dtype).removeprefix("torch.")  # QLoRA's is its compute dtype
+        check = {"max_abs_logit_difference": difference, "tolerance": float(params["tolerance"]), "dtype": written,
                  "inputs": len(CHECK_TEXTS), "by_shard": by_shard, "passed": difference <= float(params["tolerance"])}
         if not check["passed"]:
             raise StageError(f"merge of {trained} changed the model: logits differ by up to {difference:.3g} "
-                             f"from the adapter's (tolerance {params['tolerance']} in {dtype})")
+                             f"from the adapter's (tolerance {params['tolerance']} in {written})")
         tokenizer.save_pretrained(out)  # with the chat template; the generation config came with the weights
         write_json(out / "merge_check.json", check)
         (out / "README.md").write_text(model_card(experiment, setup, recipe, check, by_shard, trained),

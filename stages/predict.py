@@ -49,14 +49,11 @@ def decoding_settings(params: dict[str, Any], where: str) -> dict[str, Any]:
     unknown = sorted(set(decoding) - set(DECODING))
     if unknown:
         raise StageError(f"{where}.decoding: unknown {', '.join(unknown)} (known: {', '.join(DECODING)})")
-    for key, kind in DECODING.items():
-        value = decoding.get(key)
-        if key not in decoding:
-            continue
-        number = kind in (int, float) and not isinstance(value, bool)
-        if kind is float and number and isinstance(value, int):
+    for key, value in decoding.items():
+        kind = DECODING[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = decoding[key] = float(value)  # transformers checks isinstance(x, float): 2 means 2.0
-        if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             raise StageError(f"{where}.decoding.{key}: expected a {kind.__name__}, got {value!r}")
         low, high = RANGES.get(key, (None, None))
         if (low is not None and (value <= low if kind is float else value < low)) or (high is not None and value > high):

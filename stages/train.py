@@ -176,11 +176,11 @@ def main(argv: list[str]):
     scratch = checkpoints.ROOT / experiment
     # one process, before any launch, records or checks what the checkpoints are made from; the launched
     # processes read its decision from the environment
+    data = checkpoints.data_digest(Path("data/tokenized") / experiment)  # for the checkpoints and the recipe
     if os.environ.get("TUNEPIPE_LAUNCHED"):
         resume = os.environ.get("TUNEPIPE_RESUME") or None
     else:
-        resume = checkpoints.resume_from(scratch, checkpoints.fingerprint(
-            setup, params, Path("data/tokenized") / experiment, base), where)
+        resume = checkpoints.resume_from(scratch, checkpoints.fingerprint(setup, params, data, base), where)
     launch_processes(experiment, params, resume)
 
     from transformers import Trainer, set_seed
@@ -225,8 +225,7 @@ def main(argv: list[str]):
     if not trainer.is_world_process_zero():
         return model
     with atomic_dir(Path("models/trained") / experiment) as out:
-        save_trained(model, out, kind, method, labels, setup["qlora"], gathered,
-                     checkpoints.data_digest(Path("data/tokenized") / experiment))
+        save_trained(model, out, kind, method, labels, setup["qlora"], gathered, data)
     checkpoints.remove(scratch)  # the result is saved: the checkpoints have served
 
     losses = write_curves(reports / "live", trainer.state.log_history)
