@@ -12,6 +12,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -29,12 +30,18 @@ class StageError(Exception):
 
 
 def run_stage(main: Callable[[list[str]], None]) -> None:
-    """Entry point wrapper: a StageError becomes one clear line on stderr and exit status 2."""
+    """Entry point wrapper: a StageError becomes one clear line on stderr and exit status 2. A stage that
+    succeeds leaves its wall time in reports/speed/stages/ (out of git and DVC: it differs on every run),
+    which the cache benchmark sums into the cost of a cold run."""
+    started = time.perf_counter()
     try:
         main(sys.argv[1:])
     except StageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    name = "@".join([Path(sys.argv[0]).stem, *(["+".join(sys.argv[1:])] if sys.argv[1:] else [])])  # predict@x+after
+    write_json(Path("reports/speed/stages") / f"{name}.json",
+               {"seconds": round(time.perf_counter() - started, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
 def one_item(argv: list[str], stage: str) -> str:
@@ -151,17 +158,19 @@ def write_jsonl(path: Path | str, rows: Iterable[dict[str, Any]]) -> int:
     return count
 
 
-def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
-    """Read our own jsonl outputs (trusted); raw inputs go through the format readers instead."""
-    rows = []
+def iter_jsonl(path: Path | str) -> Iterator[dict[str, Any]]:
+    """Stream our own jsonl outputs (trusted) row by row; raw inputs go through the format readers instead."""
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    yield json.loads(line)
                 except json.JSONDecodeError as err:
                     raise StageError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-    return rows
+
+
+def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
+    return list(iter_jsonl(path))
 
 
 def write_json(path: Path | str, data: Any) -> None:

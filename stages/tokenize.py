@@ -13,14 +13,21 @@ Nothing is padded here: the train stage pads per batch. Training rows longer tha
 out and listed in `dropped.jsonl`; evaluation rows are all kept (scores cover the whole split), an
 evaluation prompt longer than the model's context (or `eval_max_length`) cut by the rule in
 `fit_to_context`. The counts per split go to reports/tokenize/<experiment>.json.
+Records stream through in chunks (CHUNK_ROWS): one batched tokenizer call per chunk, the Arrow file written
+as it goes, so memory stays flat whatever a split's size (bench/tokenize_speed.py measures both).
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
+from datasets import Dataset, DatasetDict, DatasetInfo, Features, Sequence, Value
+from datasets.arrow_writer import ArrowWriter
+from datasets.table import MemoryMappedTable
 from tqdm import tqdm
 
 from stages.common import (
@@ -29,9 +36,10 @@ from stages.common import (
     load_experiment,
     load_params,
     one_item,
-    read_jsonl,
+    iter_jsonl,
     read_labels,
     run_stage,
+    sha256_file,
     write_json,
     write_jsonl,
 )
@@ -39,6 +47,7 @@ from stages.modeling import cut_middle, model_context
 
 SPLITS = ("train", "validation", "test")
 IGNORE = -100  # label id that torch's cross-entropy skips
+CHUNK_ROWS = 1000  # records per batched tokenizer call and per Arrow write
 
 
 def render_prompt(record: dict[str, Any], template: dict[str, Any], where: str) -> dict[str, Any]:
@@ -64,48 +73,88 @@ def _ids(encoded) -> list[int]:
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
-def encode_causal(tokenizer, record: dict[str, Any], params: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+def _causal_row(ids: list[int], prompt_length: int) -> dict[str, Any]:
+    return {"input_ids": ids, "labels": [IGNORE] * prompt_length + ids[prompt_length:], "prompt_length": prompt_length}
+
+
+def _prompt_end(prompt: str, full: str, encoding) -> int | None:
+    """How many leading tokens of `full` are the prompt's, asked of the Rust encoding (character to token);
+    None when the rendered prompt is not a prefix of the full text or no token starts where it ends (then
+    the prompt is tokenized on its own, as apply_chat_template would)."""
+    if not full.startswith(prompt):
+        return None
+    if len(prompt) == len(full):
+        return len(encoding.ids)
+    cut = encoding.char_to_token(len(prompt))
+    return cut if cut is not None and encoding.token_to_chars(cut)[0] == len(prompt) else None
+
+
+def encode_causal(tokenizer, records: list[dict[str, Any]], params: dict[str, Any], labels: list[str]) -> list[dict]:
+    if not tokenizer.chat_template:  # a base model with no chat template: plain prompt, answer, end-of-sequence
+        prompts = tokenizer([prompt_text(r) + "\n\n" for r in records], add_special_tokens=True)["input_ids"]
+        answers = tokenizer([r["output"] for r in records], add_special_tokens=False)["input_ids"]
+        return [_causal_row(p + a + [tokenizer.eos_token_id], len(p)) for p, a in zip(prompts, answers)]
     system = params.get("system_prompt")
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": prompt_text(record)}]
-    if tokenizer.chat_template:
-        prompt = _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
-        ids = _ids(tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": record["output"]}],
-                                                 tokenize=True))
-        if ids[:len(prompt)] != prompt:
-            raise StageError("the chat template renders the prompt differently with and without the answer; "
-                             "labels cannot be masked on the prompt for this model")
-    else:  # a base model with no chat template: plain prompt, answer, end-of-sequence
-        prompt = tokenizer(prompt_text(record) + "\n\n", add_special_tokens=True)["input_ids"]
-        ids = prompt + tokenizer(record["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return {"input_ids": ids, "labels": [IGNORE] * len(prompt) + ids[len(prompt):], "prompt_length": len(prompt)}
+    asks = [([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt_text(record)}] for record in records]
+    prompts = tokenizer.apply_chat_template(asks, add_generation_prompt=True, tokenize=False)
+    fulls = tokenizer.apply_chat_template([ask + [{"role": "assistant", "content": record["output"]}]
+                                           for ask, record in zip(asks, records)], tokenize=False)
+    # apply_chat_template(tokenize=True) is the tokenizer on the rendered text with no special tokens added;
+    # one batched call runs on all of the Rust tokenizer's threads; the Rust encodings say where the prompt
+    # ends (read directly: converting every row's offsets to Python lists would cost as much as tokenizing)
+    if tokenizer.is_fast:
+        encoded = [(e.ids, e) for e in tokenizer.backend_tokenizer.encode_batch(fulls, add_special_tokens=False)]
+    else:
+        encoded = [(ids, None) for ids in tokenizer(fulls, add_special_tokens=False)["input_ids"]]
+    rows = []
+    for prompt, full, (ids, encoding) in zip(prompts, fulls, encoded):
+        cut = _prompt_end(prompt, full, encoding) if encoding is not None else None
+        if cut is None:
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            if ids[:len(prompt_ids)] != prompt_ids:
+                raise StageError("the chat template renders the prompt differently with and without the answer; "
+                                 "labels cannot be masked on the prompt for this model")
+            cut = len(prompt_ids)
+        rows.append(_causal_row(ids, cut))
+    return rows
 
 
-def encode_seq2seq(tokenizer, record: dict[str, Any], params: dict[str, Any], labels: list[str]) -> dict[str, Any]:
-    prompt = tokenizer(prompt_text(record), add_special_tokens=True)["input_ids"]  # T5 appends </s>
-    answer = tokenizer(text_target=record["output"], add_special_tokens=True)["input_ids"]
-    return {"input_ids": prompt, "labels": answer, "prompt_length": len(prompt)}
+def encode_seq2seq(tokenizer, records: list[dict[str, Any]], params: dict[str, Any], labels: list[str]) -> list[dict]:
+    prompts = tokenizer([prompt_text(r) for r in records], add_special_tokens=True)["input_ids"]  # T5 appends </s>
+    answers = tokenizer(text_target=[r["output"] for r in records], add_special_tokens=True)["input_ids"]
+    return [{"input_ids": p, "labels": a, "prompt_length": len(p)} for p, a in zip(prompts, answers)]
 
 
-def encode_token_head(tokenizer, record: dict[str, Any], params: dict[str, Any], labels: list[str]) -> dict[str, Any]:
-    encoded = tokenizer(record["tokens"], is_split_into_words=True, return_attention_mask=False)
+def encode_token_head(tokenizer, records: list[dict[str, Any]], params: dict[str, Any], labels: list[str]) -> list[dict]:
+    encoded = tokenizer([r["tokens"] for r in records], is_split_into_words=True, return_attention_mask=False)
     index = {tag: i for i, tag in enumerate(labels)}
-    word_ids = [-1 if w is None else w for w in encoded.word_ids()]
-    tag_ids, previous = [], -1
-    for word in word_ids:  # the first sub-token of a word carries its tag; the rest and specials are ignored
-        tag_ids.append(index[record["tags"][word]] if word >= 0 and word != previous else IGNORE)
-        previous = word
-    return {"input_ids": encoded["input_ids"], "labels": tag_ids, "word_ids": word_ids,
-            "prompt_length": len(encoded["input_ids"])}
+    rows = []
+    for i, record in enumerate(records):
+        word_ids = [-1 if w is None else w for w in encoded.word_ids(i)]
+        tag_ids, previous = [], -1
+        for word in word_ids:  # the first sub-token of a word carries its tag; the rest and specials are ignored
+            tag_ids.append(index[record["tags"][word]] if word >= 0 and word != previous else IGNORE)
+            previous = word
+        ids = encoded["input_ids"][i]
+        rows.append({"input_ids": ids, "labels": tag_ids, "word_ids": word_ids, "prompt_length": len(ids)})
+    return rows
 
 
-def encode_sequence_head(tokenizer, record: dict[str, Any], params: dict[str, Any], labels: list[str]) -> dict[str, Any]:
-    encoded = tokenizer(record["text"], record.get("text_pair"), return_attention_mask=False)
-    row = {"input_ids": encoded["input_ids"], "labels": labels.index(record["label"]),
-           "prompt_length": len(encoded["input_ids"])}
-    if "token_type_ids" in encoded:  # BERT tells the two sentences of a pair apart by these
-        row["token_type_ids"] = encoded["token_type_ids"]
-    return row
+def encode_sequence_head(tokenizer, records: list[dict[str, Any]], params: dict[str, Any], labels: list[str]) -> list[dict]:
+    pairs = [r.get("text_pair") for r in records]
+    if len({p is None for p in pairs}) > 1:  # single sentences mixed with pairs: one call each
+        return [row for r in records for row in encode_sequence_head(tokenizer, [r], params, labels)]
+    encoded = tokenizer([r["text"] for r in records], None if pairs[0] is None else pairs,
+                        return_attention_mask=False)
+    rows = []
+    for i, record in enumerate(records):
+        ids = encoded["input_ids"][i]
+        row = {"input_ids": ids, "labels": labels.index(record["label"]), "prompt_length": len(ids)}
+        if "token_type_ids" in encoded:  # BERT tells the two sentences of a pair apart by these
+            row["token_type_ids"] = encoded["token_type_ids"][i]
+        rows.append(row)
+    return rows
 
 
 ENCODERS = {"causal_lm": encode_causal, "seq2seq": encode_seq2seq,
@@ -139,11 +188,10 @@ def fit_to_context(row: dict[str, Any], kind: str, context: int, ends_special: b
     return True
 
 
-def tokenize_split(tokenizer, rows: list[dict[str, Any]], setup: dict[str, Any], params: dict[str, Any],
-                   labels: list[str], split: str, where: str, context: int):
-    encode, max_length = ENCODERS[setup["kind"]], int(params["max_length"])
-    kept, dropped, truncated, special = [], [], 0, set(tokenizer.all_special_ids)
-    for record in tqdm(rows, desc=f"tokenize {split}", unit="row", disable=len(rows) < 500):
+def encode_chunks(tokenizer, records: Iterable[dict[str, Any]], setup: dict[str, Any], params: dict[str, Any],
+                  labels: list[str], where: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(record, encoded row) pairs, CHUNK_ROWS records per batched tokenizer call; nothing held beyond a chunk."""
+    def readable(record: dict[str, Any]) -> dict[str, Any]:
         if record["kind"] not in setup["kind_rows"]:
             raise StageError(f"{where}: dataset '{setup['dataset']}' holds {record['kind']} rows; a "
                              f"{setup['kind']} reads {' or '.join(setup['kind_rows'])} rows")
@@ -151,25 +199,75 @@ def tokenize_split(tokenizer, rows: list[dict[str, Any]], setup: dict[str, Any],
             if not params.get("prompt"):
                 raise StageError(f"{where}.prompt: a {setup['kind']} needs a prompt template to read the "
                                  f"labelled rows of '{setup['dataset']}'")
-            record = render_prompt(record, params["prompt"], where)
-        row = encode(tokenizer, record, params, labels)
+            return render_prompt(record, params["prompt"], where)
+        return record
+
+    records = iter(records)
+    while chunk := [readable(record) for record in itertools.islice(records, CHUNK_ROWS)]:
+        yield from zip(chunk, ENCODERS[setup["kind"]](tokenizer, chunk, params, labels))
+
+
+def features_for(kind: str, tokenizer) -> Features:
+    ids = Sequence(Value("int32"))
+    columns = {"id": Value("string"), "input_ids": ids,
+               "labels": Value("int64") if kind == "sequence_head" else ids, "prompt_length": Value("int32")}
+    if kind == "token_head":
+        columns["word_ids"] = ids
+    if kind == "sequence_head" and "token_type_ids" in tokenizer.model_input_names:
+        columns["token_type_ids"] = ids
+    return Features(columns)
+
+
+def tokenize_split(tokenizer, records: Iterable[dict[str, Any]], setup: dict[str, Any], params: dict[str, Any],
+                   labels: list[str], split: str, where: str, context: int, writer: ArrowWriter,
+                   columns: Iterable[str], dropped: list[dict[str, Any]]) -> dict[str, int]:
+    """Encode a split's records into `writer` (a datasets ArrowWriter), CHUNK_ROWS at a time; the rows left
+    out go to `dropped`; returns the counts."""
+    max_length, special = int(params["max_length"]), set(tokenizer.all_special_ids)
+    counts, longest = {"rows": 0, "tokens": 0, "dropped": 0, "truncated": 0}, 0
+    batch: dict[str, list] = {name: [] for name in columns}
+    progress = tqdm(desc=f"tokenize {split}", unit="row", disable=None, mininterval=5)
+    for record, row in encode_chunks(tokenizer, records, setup, params, labels, where):
+        progress.update()
         # A training row must fit max_length whole, or it is left out (listed). Every evaluation row is
         # kept, so scores cover the whole split: a prompt past the model's context is cut by a fixed rule.
         if split != "train":
-            truncated += fit_to_context(row, setup["kind"], context, row["input_ids"][-1] in special)
+            counts["truncated"] += fit_to_context(row, setup["kind"], context, row["input_ids"][-1] in special)
         elif len(row["input_ids"]) > max_length:
             dropped.append({"id": record["id"], "split": split,
                             "reason": f"too long: {len(row['input_ids'])} > max_length {max_length} tokens"})
+            counts["dropped"] += 1
             continue
-        kept.append({"id": record["id"], **row})
-    return kept, dropped, truncated
+        row["id"] = record["id"]
+        for name, column in batch.items():
+            column.append(row[name])
+        counts["rows"] += 1
+        counts["tokens"] += len(row["input_ids"])
+        longest = max(longest, len(row["input_ids"]))
+        if len(batch["id"]) == CHUNK_ROWS:
+            writer.write_batch(batch)
+            batch = {name: [] for name in batch}
+    if batch["id"]:
+        writer.write_batch(batch)
+    progress.close()
+    print(f"[tokenize] {setup['dataset']} {split}: {counts['rows']} rows, {counts['tokens']} tokens, max {longest}, "
+          f"dropped {counts['dropped']}, prompts cut to the context {counts['truncated']}")
+    return counts
+
+
+def input_fingerprint(path: Path, setup: dict[str, Any], params: dict[str, Any], base: Path) -> str:
+    """The Arrow fingerprint from what decides the content (the converted split, params, tokenizer files),
+    never a random id or a file time: state.json bytes stay the same from run to run."""
+    digest = hashlib.sha256(json.dumps([setup, params], sort_keys=True, default=str).encode())
+    for file in [path, *sorted(base.glob("tokenizer*")), *sorted(base.glob("special_tokens*"))]:
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()[:16]
 
 
 def main(argv: list[str]) -> None:
     experiment = one_item(argv, "tokenize")
     setup = load_experiment(experiment)
     params = load_params("tokenize", experiment, required=("max_length",))
-    from datasets import Dataset, DatasetDict
     from transformers import AutoTokenizer
 
     where = f"params.yaml tokenize.{experiment}"
@@ -178,25 +276,26 @@ def main(argv: list[str]) -> None:
     base = Path("models/base") / setup["model"]
     tokenizer = AutoTokenizer.from_pretrained(base)
     context = int(params.get("eval_max_length") or model_context(base, tokenizer))
+    features = features_for(setup["kind"], tokenizer)
 
-    splits, dropped, counts = {}, [], {}
-    for split in SPLITS:
-        path = source / f"{split}.jsonl"
-        if not path.exists():
-            raise StageError(f"{path}: not found (run dvc repro convert@{setup['dataset']})")
-        kept, lost, truncated = tokenize_split(tokenizer, read_jsonl(path), setup, params, labels, split, where,
-                                               context)
-        dropped += lost
-        # Fingerprint from content, not from a random id or file mtime: state.json bytes stay stable.
-        content = hashlib.sha256(json.dumps(kept, separators=(",", ":")).encode()).hexdigest()
-        splits[split] = Dataset.from_list(kept).map(lambda row: row, new_fingerprint=content[:16])
-        lengths = [len(row["input_ids"]) for row in kept]
-        counts[split] = {"rows": len(kept), "tokens": sum(lengths), "dropped": len(lost), "truncated": truncated}
-        print(f"[tokenize] {experiment} {split}: {len(kept)} rows, {sum(lengths)} tokens, "
-              f"max {max(lengths, default=0)}, dropped {len(lost)}, prompts cut to the context {truncated}")
-    if not splits["train"].num_rows:
-        raise StageError(f"{where}: no training row fits max_length {params['max_length']}")
-    with atomic_dir(Path("data/tokenized") / experiment) as out:
+    dropped, counts = [], {}
+    with atomic_dir(Path("data/tokenized") / experiment) as out, tempfile.TemporaryDirectory(dir=out.parent) as scratch:
+        splits = {}
+        for split in SPLITS:
+            path = source / f"{split}.jsonl"
+            if not path.exists():
+                raise StageError(f"{path}: not found (run dvc repro convert@{setup['dataset']})")
+            arrow = Path(scratch) / f"{split}.arrow"
+            # Streamed: records are read, encoded and written CHUNK_ROWS at a time, so memory stays flat
+            # however large the split; the Arrow file is memory-mapped, not loaded, for save_to_disk.
+            with ArrowWriter(features=features, path=str(arrow)) as writer:
+                counts[split] = tokenize_split(tokenizer, iter_jsonl(path), setup, params, labels, split, where,
+                                               context, writer, features, dropped)
+                writer.finalize()
+            splits[split] = Dataset(MemoryMappedTable.from_file(str(arrow)), info=DatasetInfo(features=features),
+                                    fingerprint=input_fingerprint(path, setup, params, base))
+        if not splits["train"].num_rows:
+            raise StageError(f"{where}: no training row fits max_length {params['max_length']}")
         DatasetDict(splits).save_to_disk(str(out))
         write_jsonl(out / "dropped.jsonl", dropped)
     write_json(Path("reports/tokenize") / f"{experiment}.json", counts)  # the report shows what was dropped

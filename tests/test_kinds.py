@@ -224,3 +224,73 @@ def test_stop_strings_end_answers_and_seeded_sampling_repeats(tmp_path, monkeypa
     assert any(len(s) < len(t) for s, t in zip(stopped, greedy))
     sampled = predict_with(do_sample=True, temperature=1.0, seed=5)
     assert sampled == predict_with(do_sample=True, temperature=1.0, seed=5) != greedy
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("arch,kind", [("llama", "causal_lm"), ("t5", "seq2seq"), ("bert", "token_head"),
+                                       ("bert", "sequence_head")])
+def test_chunks_of_any_size_write_the_same_bytes(arch, kind, tmp_path, monkeypatch):
+    """The stage streams records in chunks; where the chunks fall must not change a byte of the output."""
+    monkeypatch.chdir(tmp_path)
+    name = workspace(tmp_path, arch, kind, "full")
+    tokenize_stage.main([name])
+    whole = folder_bytes(tmp_path / "data/tokenized" / name)
+    monkeypatch.setattr(tokenize_stage, "CHUNK_ROWS", 3)  # 8 training rows: chunks of 3, 3 and 2
+    tokenize_stage.main([name])
+    assert folder_bytes(tmp_path / "data/tokenized" / name) == whole
+
+
+def test_causal_rows_are_the_chat_template_tokenized_row_by_row(tmp_path, monkeypatch):
+    """One batched tokenizer call and the prompt's end found by character offsets give exactly what
+    apply_chat_template(tokenize=True) gives for each row alone, prompt and prompt + answer."""
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    from stages.tokenize import prompt_text
+
+    monkeypatch.chdir(tmp_path)
+    name = workspace(tmp_path, "llama", "causal_lm", "lora")
+    tokenize_stage.main([name])
+    tokenizer = AutoTokenizer.from_pretrained("models/base/tiny")
+    assert tokenizer.chat_template and tokenizer.is_fast
+    records = {r["id"]: r for r in rows_for("causal_lm", "train", 8)}
+    rows = load_from_disk(f"data/tokenized/{name}/train").to_list()
+    assert len(rows) == 8
+    for row in rows:
+        messages = [{"role": "user", "content": prompt_text(records[row["id"]])}]
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]
+        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": records[row["id"]]["output"]}],
+                                             tokenize=True)["input_ids"]
+        assert row["input_ids"] == full and row["prompt_length"] == len(prompt)
+        assert row["labels"] == [-100] * len(prompt) + full[len(prompt):]
+
+
+def test_a_template_whose_prompt_is_not_a_prefix_is_refused(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    monkeypatch.chdir(tmp_path)
+    name = workspace(tmp_path, "llama", "causal_lm", "lora")
+    tokenizer = AutoTokenizer.from_pretrained("models/base/tiny")
+    # the generation prompt says "Bot:" but a finished conversation writes "Assistant:": a model trained on
+    # the one would be asked with the other
+    tokenizer.chat_template = ("{% for m in messages %}{% if m.role == 'user' %}User: {{ m.content }}\n"
+                               "{% else %}Assistant: {{ m.content }}\n{% endif %}{% endfor %}"
+                               "{% if add_generation_prompt %}Bot:{% endif %}")
+    tokenizer.save_pretrained("models/base/tiny")
+    with pytest.raises(StageError, match="renders the prompt differently with and without the answer"):
+        tokenize_stage.main([name])
+
+
+def test_an_empty_split_is_counted_and_keeps_its_columns(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = workspace(tmp_path, "bert", "token_head", "full")
+    write_jsonl(tmp_path / "data/converted/toy/validation.jsonl", [])
+    tokenize_stage.main([name])
+    counts = json.loads((tmp_path / "reports/tokenize" / f"{name}.json").read_text())
+    assert counts["validation"]["rows"] == 0 and counts["train"]["rows"] == 8
+    info = json.loads((tmp_path / "data/tokenized" / name / "validation/dataset_info.json").read_text())
+    assert set(info["features"]) == {"id", "input_ids", "labels", "word_ids", "prompt_length"}
+    assert not list((tmp_path / "data/tokenized" / name / "validation").glob("*.arrow"))  # train reads it as none

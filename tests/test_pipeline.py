@@ -204,6 +204,15 @@ def test_labels_mask_exactly_the_prompt_with_the_real_chat_template(repo):
         assert prompt.endswith("<|im_start|>assistant\n") and converted[row["id"]]["input"] in prompt
         # the model learns the answer and the end of its turn, nothing of the prompt
         assert tokenizer.decode(row["input_ids"][cut:]) == converted[row["id"]]["output"] + "<|im_end|>\n"
+    system = yaml.safe_load((repo / "params.yaml").read_text())["tokenize"][EXPERIMENT].get("system_prompt")
+    for row in rows:  # the batched encoder gives what the chat template gives each row alone
+        record = converted[row["id"]]
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": f"{record['instruction']}\n\n{record['input']}".strip()}]
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]
+        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": record["output"]}],
+                                             tokenize=True)["input_ids"]
+        assert (row["input_ids"], row["prompt_length"]) == (full, len(prompt))
 
 
 def test_forced_retrain_gives_byte_identical_adapter(repo):
