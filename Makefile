@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: env repro test
+.PHONY: env repro test bench
 env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -27,3 +27,8 @@ repro: env
 
 test: env
 	python -m pytest
+
+# CPU benchmarks against the naive way and the peers (reports/bench.md); needs `make repro` done first
+bench: env
+	pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	python bench/run.py

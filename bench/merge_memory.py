@@ -5,8 +5,8 @@
 Builds a Llama-architecture model from a config with random weights (default ~510M parameters, fp32, saved
 in several safetensors shards), a random LoRA adapter (r 16 on q/k/v/o/gate/up/down), and merges it both
 ways, each in its own fresh process so that one's memory cannot hide in the other's peak. Peak resident
-memory is the child's ru_maxrss; the model is built in a process of its own too, since Linux carries a
-parent's peak into a forked child's ru_maxrss. Prints both peaks, their ratio, the wall times, and whether every merged
+memory is the child's VmHWM (its own address space's high-water mark; ru_maxrss would carry in the peak
+of whatever process forked it); the model is built in a process of its own too. Prints both peaks, their ratio, the wall times, and whether every merged
 tensor is identical. Needs ~3x the model's size in free disk under the temporary directory.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM
 base, adapter, out = sys.argv[1:4]
 model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter)
 model.merge_and_unload().save_pretrained(out, safe_serialization=True, max_shard_size=sys.argv[4])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')))
 """
 BY_SHARD = """
 import resource, sys
@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[4])
 from stages.lora_shards import merge_by_shard
 merge_by_shard(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')))
 """
 
 
@@ -67,7 +67,7 @@ def run(script: str, *args: str) -> tuple[int, float]:
     result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(result.stderr[-3000:])
-    return int(result.stdout.split()[-1]) * 1024, time.perf_counter() - started  # ru_maxrss is in KiB
+    return int(result.stdout.split()[-1]) * 1024, time.perf_counter() - started  # VmHWM is in KiB
 
 
 def identical(first: Path, second: Path) -> bool:
@@ -93,6 +93,37 @@ def identical(first: Path, second: Path) -> bool:
     return True
 
 
+def measure(layers: int = 26, hidden: int = 1024, shard_size: str = "250MB", keep: Path | None = None) -> dict:
+    """The bench/run.py section: both merges of one built model, their peaks, times and equality."""
+    sys.path.insert(0, str(ROOT))
+    with tempfile.TemporaryDirectory(prefix="merge-bench-") as scratch:
+        folder = keep or Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        built = subprocess.run([sys.executable, __file__, "--build-only", str(folder), "--layers", str(layers),
+                                "--hidden", str(hidden), "--shard-size", shard_size],
+                               capture_output=True, text=True, check=True)
+        parameters = int(built.stdout.split()[-1])
+        shards = len(list((folder / "base").glob("*.safetensors")))
+        base, adapter = str(folder / "base"), str(folder / "adapter")
+        whole_peak, whole_s = run(WHOLE, base, adapter, str(folder / "whole"), shard_size)
+        shard_peak, shard_s = run(BY_SHARD, base, adapter, str(folder / "by-shard"), str(ROOT))
+        same = identical(folder / "whole", folder / "by-shard")
+    ratio = shard_peak / whole_peak
+    return {"title": "LoRA merge: shard by shard against peft's whole-model merge",
+            "inputs": {"model": f"Llama architecture from a config, random weights, fp32, {parameters / 1e6:.0f}M "
+                                f"parameters ({layers} layers, hidden {hidden}) in {shards} shards of <= {shard_size}",
+                       "adapter": "LoRA r 16 on q/k/v/o/gate/up/down", "processes": "each merge in a fresh one"},
+            "rows": [{"way": "whole model (peft merge_and_unload)", "peak_gib": round(whole_peak / 2**30, 2),
+                      "seconds": round(whole_s, 1)},
+                     {"way": "shard by shard (stages/lora_shards.py)", "peak_gib": round(shard_peak / 2**30, 2),
+                      "seconds": round(shard_s, 1)}],
+            "targets": [{"name": "peak memory, shard by shard / whole model", "value": round(ratio, 3),
+                         "goal": "< 0.5x", "met": ratio < 0.5, "why": ""},
+                        {"name": "merged tensors identical", "value": float(same), "goal": "1.0", "met": same,
+                         "why": ""}],
+            "notes": []}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=26)
@@ -105,27 +136,9 @@ def main() -> None:
     if args.build_only:
         print(build(args.build_only, args.layers, args.hidden, args.shard_size))
         return
-
-    with tempfile.TemporaryDirectory(prefix="merge-bench-") as scratch:
-        folder = args.keep or Path(scratch)
-        folder.mkdir(parents=True, exist_ok=True)
-        built = subprocess.run([sys.executable, __file__, "--build-only", str(folder), "--layers", str(args.layers),
-                                "--hidden", str(args.hidden), "--shard-size", args.shard_size],
-                               capture_output=True, text=True, check=True)
-        parameters = int(built.stdout.split()[-1])
-        shards = len(list((folder / "base").glob("*.safetensors")))
-        base, adapter = str(folder / "base"), str(folder / "adapter")
-        whole_peak, whole_s = run(WHOLE, base, adapter, str(folder / "whole"), args.shard_size)
-        shard_peak, shard_s = run(BY_SHARD, base, adapter, str(folder / "by-shard"), str(ROOT))
-        same = identical(folder / "whole", folder / "by-shard")
-    result = {"model": f"Llama architecture from a config, random weights, fp32, {parameters / 1e6:.0f}M parameters "
-                       f"({args.layers} layers, hidden {args.hidden}) in {shards} shards of <= {args.shard_size}",
-              "adapter": "LoRA r 16 on q/k/v/o/gate/up/down",
-              "whole_peak_gib": round(whole_peak / 2**30, 2), "by_shard_peak_gib": round(shard_peak / 2**30, 2),
-              "peak_ratio_by_shard_over_whole": round(shard_peak / whole_peak, 3),
-              "whole_seconds": round(whole_s, 1), "by_shard_seconds": round(shard_s, 1), "identical_tensors": same}
+    result = measure(args.layers, args.hidden, args.shard_size, args.keep)
     print(json.dumps(result, indent=2))
-    if not same:
+    if not result["targets"][1]["met"]:
         raise SystemExit("merged tensors differ")
 
 
