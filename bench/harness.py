@@ -62,9 +62,9 @@ class AnonSampler:
         return self.peak
 
 
-def child(code: str, *args: str, cwd: Path | None = None, timeout: float = 1800) -> tuple[Any, float, int]:
-    """Run `code` in a fresh Python; it prints one JSON value on its last line. Returns that value, the wall
-    time and the child's own peak resident memory (a fresh process, so no parent's peak hides in it)."""
+def child(code: str, *args: str, cwd: Path | None = None, timeout: float = 1800) -> tuple[Any, float, int, int]:
+    """Run `code` in a fresh Python; it sets `result` to a JSON value. Returns that value, the wall time, the
+    child's own peak resident memory (VmHWM) and its peak allocated memory (RssAnon, sampled)."""
     wrapper = ("import json, runpy, sys\nfrom harness import AnonSampler, peak_rss\nsampler = AnonSampler()\n"
                "result = None\n" + code +
                "\nprint(json.dumps({'result': result, 'peak': peak_rss(), 'anon': sampler.stop()}))\n")
@@ -76,8 +76,7 @@ def child(code: str, *args: str, cwd: Path | None = None, timeout: float = 1800)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark child failed ({done.returncode}):\n{done.stderr[-3000:]}")
     last = json.loads(done.stdout.strip().splitlines()[-1])
-    child.anon = last["anon"]  # the caller that wants it reads it right after the call
-    return last["result"], seconds, last["peak"]
+    return last["result"], seconds, last["peak"], last["anon"]
 
 
 def peak_rss() -> int:
@@ -117,8 +116,8 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def target(name: str, value: float | None, goal: str, met: bool | None, why: str = "") -> dict[str, Any]:
-    return {"name": name, "value": None if value is None else round(value, 3), "goal": goal, "met": met, "why": why}
+def target(name: str, value: float | None, goal: str, met: bool | None) -> dict[str, Any]:
+    return {"name": name, "value": None if value is None else round(value, 3), "goal": goal, "met": met}
 
 
 def gib(n: float) -> float:

@@ -129,9 +129,9 @@ def measure(rows: int = 2000, factors: tuple[int, ...] = (1, 10, 100), ratio_cop
         scaling = []
         for factor in factors:
             folder = workspace(Path(tmp) / f"x{factor}", records, factor)
-            _, seconds, peak = child(STAGE, str(folder))
+            _, seconds, peak, allocated = child(STAGE, str(folder))
             scaling.append({"rows": len(records) * factor, "seconds": round(seconds, 1), "peak_gib": gib(peak),
-                            "peak_allocated_gib": gib(child.anon),
+                            "peak_allocated_gib": gib(allocated),
                             "rows_per_s_with_startup": round(len(records) * factor / seconds)})
         section["scaling"] = scaling
     first, last = scaling[0], scaling[-1]

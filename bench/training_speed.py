@@ -17,6 +17,7 @@ fp32 loss of the weights it reached.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import tempfile
@@ -132,12 +133,10 @@ def run_variant(variant: str, rows_file: str, steps: int, batch: int, threads: i
         set_seed(0)
         data = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
         params = {"lora": LORA, "learning_rate": 5e-4, "epochs": 1, "max_steps": steps, "batch_size": batch,
-                  "threads": threads, "precision": "bf16" if variant.startswith("bf16") else "fp32",
+                  "threads": threads, "precision": "bf16" if variant == "bf16" else "fp32",
                   "sampling": "random" if variant == "padded" else "group_by_length", "checkpoint_steps": 10**6}
         setup = {"seed": 0, "method": "lora", "generates": True}
         model = attach_method(load_base("causal_lm", SMOLLM2), "causal_lm", "lora", params, SMOLLM2)
-        if variant == "bf16-fp32-adapters":
-            fp32_adapters(model)
         collator = collator_for("causal_lm", tokenizer, model)
         if variant == "padded":
             collator.padding, collator.max_length = "max_length", MAX_LENGTH
@@ -161,8 +160,6 @@ def run_variant(variant: str, rows_file: str, steps: int, batch: int, threads: i
     seconds = time.perf_counter() - started
     losses = [round(e["loss"], 4) for e in trainer.state.log_history if "loss" in e]
     lora_bytes = b"".join(p.detach().float().numpy().tobytes() for n, p in model.named_parameters() if "lora_" in n)
-    import hashlib
-
     return {"seconds": seconds, "real_tokens": counts["real"], "padded_tokens": counts["padded"], "losses": losses,
             "parameters": sum(p.numel() for p in model.parameters()), "settings": settings,
             "threads": torch.get_num_threads(), "lora_sha256": hashlib.sha256(lora_bytes).hexdigest()[:16]}
@@ -191,14 +188,14 @@ def measure(rows: int = 1000, steps: int = 5, batch: int = 8, threads: int = 2) 
         rows_file = Path(tmp) / "rows.json"
         rows_file.write_text(json.dumps([{"prompt": prompt_text(r), "output": r["output"], **e} for r, e in encoded]))
         for variant in variants:
-            results[variant], _, peak = child(CHILD, variant, str(rows_file), str(steps), str(batch), str(threads))
+            results[variant], _, peak, _ = child(CHILD, variant, str(rows_file), str(steps), str(batch), str(threads))
             results[variant]["peak_gib"] = round(peak / 2**30, 2)
         if bf16:  # byte-determinism: the same bf16 run twice, two steps
             again = [child(CHILD, "bf16", str(rows_file), "2", str(batch), str(threads))[0]["lora_sha256"]
                      for _ in range(2)]
             section["notes"].append(f"bf16, two runs of 2 steps: LoRA weights "
                                     f"{'identical' if again[0] == again[1] else 'DIFFER'} ({again[0]} / {again[1]})")
-            section["bf16_diagnosis"], _, _ = child(DIAGNOSE, str(rows_file), str(batch), str(threads))
+            section["bf16_diagnosis"], _, _, _ = child(DIAGNOSE, str(rows_file), str(batch), str(threads))
     rate = {}
     for variant, r in results.items():
         rate[variant] = r["real_tokens"] / r["seconds"]
