@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: env repro test bench
+.PHONY: env repro test bench ui serve
 env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -32,3 +32,11 @@ test: env
 bench: env
 	pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	python bench/run.py
+
+# The Prefect server and UI, on localhost only and offline (analytics off): http://127.0.0.1:4200
+ui: env
+	prefect server start --host 127.0.0.1 --port 4200
+
+# The scheduled retraining (params.yaml retrain.cron) registered on that server, run by this process when due
+serve: env
+	PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.retrain serve

@@ -1,16 +1,19 @@
-"""Prefect over DVC: Prefect schedules, retries, logs and shows results; DVC decides what is stale.
+"""Prefect over DVC: one Prefect task per DVC stage, in the order DVC's own graph gives; DVC decides what is stale.
 
-DVC has no public Python API to run a pipeline, so a task runs `dvc --wait-for-lock repro` as a command.
-Prefect's own task cache is off (NO_CACHE): there is one cache, DVC's. Targets run one after another in
-one workspace, because parallel `dvc repro` in one workspace fails on the repository lock.
+Each task runs `dvc --wait-for-lock repro --single-item <stage@item>`, so the UI shows every stage with its
+own state, duration and log: Completed (it ran), Skipped (DVC found it up to date), Failed (with the stage's
+own error line) or NotRun (something it depends on failed). Prefect's task cache is off: there is one cache,
+DVC's. Stages run one after another: `dvc repro` holds the repository lock while a stage runs, so two stage
+tasks in one workspace could only wait for each other.
 
-    python -m flows.pipeline run [TARGET ...]              # one run now, e.g. `run train@dialogsum`
-    python -m flows.pipeline serve --cron "0 3 * * 1"      # a scheduled deployment, shown in the Prefect UI
+A stage that fails for a reason that may pass (exit status 75, EX_TEMPFAIL: a download timed out) is
+retried with exponential backoff; any other failure (bad input, bad params) fails at once.
+
+    python -m flows.pipeline run [TARGET ...]   # e.g. `run score@dialogsum-lora`: it and what it needs
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -20,84 +23,127 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # telemetry 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.states import Cancelled, Completed, State  # noqa: E402
+from prefect.tasks import exponential_backoff  # noqa: E402
+
+from flows.artifacts import publish_results  # noqa: E402
+from flows.dvc_cli import StageFailed, TransientStageFailure, command_env, dvc, error_lines  # noqa: E402
+from stages.common import TRANSIENT_EXIT  # noqa: E402
 
 RAN = re.compile(r"^Running stage '([^']+)'", re.M)
+NODE = re.compile(r'^"([^"]+)";$', re.M)
+EDGE = re.compile(r'^"([^"]+)" -> "([^"]+)";$', re.M)
 
 
-@task(cache_policy=NO_CACHE)  # no retries: a stage that failed on bad input fails again, after minutes
-def dvc_repro(target: str | None, repo: str) -> list[str]:
-    """Run one `dvc repro`; return the stages DVC actually ran (an up-to-date pipeline returns [])."""
+def stage_graph(repo: str) -> dict[str, list[str]]:
+    """Every stage (`stage@item` for foreach stages) with the stages it depends on, as `dvc dag` reports them,
+    in dvc.yaml's order."""
+    dot = dvc(repo, "dag", "--dot").stdout
+    upstream: dict[str, list[str]] = {name: [] for name in NODE.findall(dot)}
+    for source, target in EDGE.findall(dot):
+        upstream.setdefault(target, []).append(source)
+        upstream.setdefault(source, [])
+    return upstream
+
+
+def stage_order(graph: dict[str, list[str]], targets: list[str] | None = None) -> list[str]:
+    """The targets (default: every stage) and everything they depend on, each after its dependencies; among
+    stages that are ready at once, dvc.yaml's order."""
+    wanted = set(graph)
+    if targets:
+        unknown = [t for t in targets if t not in graph]
+        if unknown:
+            raise ValueError(f"no such stage: {', '.join(unknown)} (stages: {', '.join(graph)})")
+        wanted, pending = set(), list(targets)
+        while pending:
+            stage = pending.pop()
+            if stage not in wanted:
+                wanted.add(stage)
+                pending += graph[stage]
+    order: list[str] = []
+    placed: set[str] = set()
+    while len(order) < len(wanted):
+        ready = next(s for s in graph if s in wanted and s not in placed and set(graph[s]) <= placed)
+        order.append(ready)
+        placed.add(ready)
+    return order
+
+
+def retry_only_transient(task, task_run, state) -> bool:
+    """Prefect's retry condition: retry a TransientStageFailure, nothing else."""
+    try:
+        state.result()
+    except TransientStageFailure:
+        return True
+    except Exception:  # noqa: BLE001 - every other failure is final
+        return False
+    return False
+
+
+@task(cache_policy=NO_CACHE, task_run_name="{stage}", retries=2,
+      retry_delay_seconds=exponential_backoff(backoff_factor=30), retry_condition_fn=retry_only_transient)
+def repro_stage(stage: str, repo: str, force: bool = False) -> State:
+    """`dvc repro` of exactly this stage; its upstream stages ran (or were found up to date) before it. `force`
+    runs it even when DVC finds it up to date (a source DVC cannot watch)."""
     logger = get_run_logger()
-    command = ["dvc", "--wait-for-lock", "repro", *([target] if target else [])]
-    logger.info("%s (in %s)", " ".join(command), repo)
-    result = subprocess.run(command, cwd=repo, capture_output=True, text=True)
-    for line in result.stdout.splitlines():
-        if line.startswith(("Running stage", "Stage '", "[")):  # DVC's decisions and each stage's ledger
-            logger.info(line)
-    if result.returncode != 0:  # DVC's own "ERROR: ..." lines say what went wrong
-        errors = [line for line in (result.stderr + result.stdout).splitlines()
-                  if line.lower().startswith("error")]  # DVC's "ERROR: ..." and the stage's own "error: ..."
-        raise RuntimeError(f"dvc repro{' ' + target if target else ''} failed ({result.returncode}): "
-                           f"{' '.join(errors) or result.stderr.strip()[-500:]}")
-    return RAN.findall(result.stdout)
+    command = ["dvc", "--wait-for-lock", "repro", "--single-item", *(["--force"] if force else []), stage]
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, env=command_env())
+    if result.stdout.strip():
+        logger.info("%s\n%s", " ".join(command), result.stdout.rstrip())  # DVC's decision and the stage's ledger
+    if result.returncode != 0:
+        message = f"{stage} failed ({result.returncode}): {error_lines(result)}"
+        if f"exited with {TRANSIENT_EXIT}" in result.stderr + result.stdout:
+            raise TransientStageFailure(message)
+        raise StageFailed(message)
+    if stage in RAN.findall(result.stdout):
+        return Completed(message="ran")
+    return Completed(name="Skipped", message="up to date: DVC skipped it")
 
 
-def flatten(prefix: str, value, rows: list[dict]) -> None:
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            flatten(f"{prefix}.{key}" if prefix else key, inner, rows)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        rows.append({"metric": prefix, "value": value})
+@task(cache_policy=NO_CACHE, task_run_name="{stage}")
+def not_run(stage: str, failed_upstream: list[str]) -> State:
+    """A stage whose dependencies failed: shown in the UI, never run on stale inputs."""
+    return Cancelled(name="NotRun", message=f"not run: {', '.join(failed_upstream)} failed")
 
 
-@task(cache_policy=NO_CACHE)
-def publish_results(repo: str) -> list[dict]:
-    """Every DVC metric as a table artifact, and reports/README.md as a markdown artifact, in the UI."""
-    shown = subprocess.run(["dvc", "metrics", "show", "--json"], cwd=repo, capture_output=True, text=True)
-    if shown.returncode != 0:
-        raise RuntimeError(f"dvc metrics show failed: {shown.stderr.strip()[-500:]}")
-    rows: list[dict] = []
-    for revision in json.loads(shown.stdout or "{}").values():
-        for path, content in (revision.get("data") or {}).items():
-            start = len(rows)
-            flatten("", content.get("data", {}), rows)
-            for row in rows[start:]:
-                row["file"] = path
-    create_table_artifact(key="dvc-metrics", table=rows, description="`dvc metrics show` after the run")
-    report = Path(repo) / "reports" / "README.md"
-    if report.exists():
-        create_markdown_artifact(key="report", markdown=report.read_text(encoding="utf-8"),
-                                 description="reports/README.md")
-    return rows
-
-
-@flow(name="tunepipe-repro", log_prints=True)
-def pipeline(targets: list[str] | None = None, repo: str = ".") -> dict:
-    """Bring the targets (default: the whole pipeline) up to date, then publish the metrics."""
-    ran: list[str] = []
-    for target in targets or [None]:
-        ran += dvc_repro(target, repo)
-    metrics = publish_results(repo)
-    print(f"stages run: {ran or 'none (everything up to date)'}; {len(metrics)} metrics published")
-    return {"stages_run": ran, "metrics": metrics}
+@flow(name="tunepipe-pipeline", log_prints=True)
+def pipeline(targets: list[str] | None = None, repo: str = ".", retries: int = 2, retry_delay_seconds: float = 30,
+             force: list[str] | None = None) -> dict[str, list[str]]:
+    """Bring the targets (default: the whole pipeline) up to date stage by stage, then publish the results.
+    Stages in `force` run even if DVC finds them up to date."""
+    repo = str(Path(repo).resolve())
+    graph = stage_graph(repo)
+    delays = exponential_backoff(backoff_factor=retry_delay_seconds)(retries) if retries else 0
+    stage_task = repro_stage.with_options(retries=retries, retry_delay_seconds=delays)
+    outcome: dict[str, str] = {}
+    errors: list[str] = []
+    for stage in stage_order(graph, targets):
+        blocked = [up for up in graph[stage] if outcome[up] in ("failed", "not run")]
+        state = (not_run(stage, blocked, return_state=True) if blocked
+                 else stage_task(stage, repo, stage in (force or ()), return_state=True))
+        if state.is_failed():
+            outcome[stage] = "failed"
+            error = state.result(raise_on_failure=False)  # the stage's own exception, not Prefect's wrapper text
+            errors.append(str(error) if isinstance(error, BaseException) else state.message or stage)
+        else:
+            outcome[stage] = {"Skipped": "skipped", "NotRun": "not run"}.get(state.name, "ran")
+    summary = {kind: [s for s, o in outcome.items() if o == kind] for kind in ("ran", "skipped", "failed", "not run")}
+    print(", ".join(f"{len(stages)} {kind}" for kind, stages in summary.items()))
+    if summary["failed"]:
+        raise StageFailed(f"{len(summary['failed'])} stage(s) failed, {len(summary['not run'])} not run: "
+                          + " | ".join(errors))
+    publish_results(repo)
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the pipeline once")
-    run.add_argument("targets", nargs="*", help="dvc.yaml stages, e.g. train@dialogsum (default: all)")
-    serve = commands.add_parser("serve", help="register a scheduled deployment and run it from the UI")
-    serve.add_argument("--cron", default="0 3 * * 1", help="when to retrain (default: Mondays 03:00)")
-    serve.add_argument("--name", default="scheduled-retrain")
+    run = commands.add_parser("run", help="run the pipeline once, one Prefect task per DVC stage")
+    run.add_argument("targets", nargs="*", help="dvc.yaml stages, e.g. train@dialogsum-lora (default: all)")
     args = parser.parse_args()
-    repo = str(Path.cwd())
-    if args.command == "run":
-        pipeline(args.targets or None, repo)
-    else:
-        pipeline.serve(name=args.name, cron=args.cron, parameters={"repo": repo})
+    pipeline(args.targets or None, str(Path.cwd()))
 
 
 if __name__ == "__main__":

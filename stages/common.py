@@ -29,8 +29,18 @@ class StageError(Exception):
     """A problem the user can fix (bad input, bad params, no network). Printed as one line, no traceback."""
 
 
+# EX_TEMPFAIL from sysexits.h: the stage failed in a way a later try may not (a download timed out), so the
+# Prefect flow retries it; every other failure exits 2 and is final.
+TRANSIENT_EXIT = 75
+
+
+class TransientError(StageError):
+    """A failure that may pass on a later try: a network timeout, a server error, a dropped connection."""
+
+
 def run_stage(main: Callable[[list[str]], None]) -> None:
-    """Entry point wrapper: a StageError becomes one clear line on stderr and exit status 2. A stage that
+    """Entry point wrapper: a StageError becomes one clear line on stderr and exit status 2 (TRANSIENT_EXIT for
+    a TransientError). A stage that
     succeeds leaves its wall time in reports/speed/stages/ (out of git and DVC: it differs on every run),
     which the cache benchmark sums into the cost of a cold run."""
     started = time.perf_counter()
@@ -38,7 +48,7 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
         main(sys.argv[1:])
     except StageError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(TRANSIENT_EXIT if isinstance(err, TransientError) else 2)
     name = "@".join([Path(sys.argv[0]).stem, *(["+".join(sys.argv[1:])] if sys.argv[1:] else [])])  # predict@x+after
     write_json(Path("reports/speed/stages") / f"{name}.json",
                {"seconds": round(time.perf_counter() - started, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})

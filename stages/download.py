@@ -5,6 +5,11 @@ Sources (params.yaml download.<dataset>.source):
 - url:   `url` plus its `sha256`; a download whose bytes differ is refused, so the cache stays honest.
 - hub:   a Hugging Face dataset repo pinned to a 40-character commit, optionally only `files` (globs).
 
+A source that should move, a URL whose file is republished or a hub branch, says so with `follow: true`
+(then a url needs no sha256 and a hub revision may be a branch). DVC cannot see such a source change, so the
+retraining flow re-runs these downloads every time (flows/retrain.py); their bytes decide what goes stale.
+A network failure exits with TRANSIENT_EXIT, which the Prefect flow retries; a wrong file fails at once.
+
 dvc.yaml watches `path` for every source; for url and hub sources the pin in params is what changes,
 so their `path` names the folder the stage code lives in (see params.yaml).
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import shutil
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -20,6 +26,7 @@ from typing import Any
 from stages.common import (
     COMMIT,
     StageError,
+    TransientError,
     atomic_dir,
     load_params,
     one_item,
@@ -47,7 +54,8 @@ def copy_local(source: Path, out: Path) -> int:
     return len(files)
 
 
-def fetch_url(url: str, sha256: str, out: Path) -> int:
+def fetch_url(url: str, sha256: str | None, out: Path) -> int:
+    """Download `url` into `out`; with a sha256 pin, refuse other bytes (sha256 None: a followed source)."""
     target = out / Path(url.split("?")[0]).name
     digest = hashlib.sha256()
     try:
@@ -55,9 +63,14 @@ def fetch_url(url: str, sha256: str, out: Path) -> int:
             for block in iter(lambda: response.read(1 << 20), b""):
                 digest.update(block)
                 handle.write(block)
-    except (OSError, ValueError, http.client.HTTPException) as err:  # network, bad URL, cut-off response
-        raise StageError(f"cannot download {url} ({type(err).__name__}: {err}). {OFFLINE_HINT}") from None
-    if digest.hexdigest() != sha256.lower():
+    except urllib.error.HTTPError as err:  # the server answered: only overload and its own errors may pass
+        error = TransientError if err.code in (408, 429) or err.code >= 500 else StageError
+        raise error(f"cannot download {url} (HTTP {err.code} {err.reason}). {OFFLINE_HINT}") from None
+    except ValueError as err:  # not a URL urllib can open
+        raise StageError(f"cannot download {url} ({err})") from None
+    except (OSError, http.client.HTTPException) as err:  # timeout, refused or dropped connection, cut-off body
+        raise TransientError(f"cannot download {url} ({type(err).__name__}: {err}). {OFFLINE_HINT}") from None
+    if sha256 is not None and digest.hexdigest() != sha256.lower():
         raise StageError(f"{url}: sha256 is {digest.hexdigest()}, params.yaml pins {sha256}: refusing changed data")
     return 1
 
@@ -65,16 +78,21 @@ def fetch_url(url: str, sha256: str, out: Path) -> int:
 def fetch_hub(params: dict[str, Any], where: str, out: Path) -> int:
     repo_id = require(params, "repo_id", where)
     revision = str(require(params, "revision", where))
-    if not COMMIT.match(revision):
-        raise StageError(f"{where}: revision must be a 40-character commit hash, got '{revision}'")
+    if not COMMIT.match(revision) and not params.get("follow"):
+        raise StageError(f"{where}: revision must be a 40-character commit hash, got '{revision}' "
+                         "(or set follow: true to track a branch)")
     require_hub(f"dataset '{repo_id}'", OFFLINE_HINT)
     from huggingface_hub import snapshot_download
 
     try:
         snapshot_download(repo_id, repo_type="dataset", revision=revision, local_dir=out,
                           allow_patterns=params.get("files"))
-    except Exception as err:  # any hub failure means the same thing to the user: cannot fetch
-        raise StageError(f"cannot fetch dataset '{repo_id}@{revision}' ({type(err).__name__}). {OFFLINE_HINT}") from None
+    except Exception as err:  # a repo, revision or file that is not there is final; the rest may pass
+        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+        missing = isinstance(err, (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError))
+        raise (StageError if missing else TransientError)(
+            f"cannot fetch dataset '{repo_id}@{revision}' ({type(err).__name__}). {OFFLINE_HINT}") from None
     shutil.rmtree(out / ".cache", ignore_errors=True)  # the hub client's bookkeeping, not data
     return sum(1 for p in out.rglob("*") if p.is_file())
 
@@ -88,7 +106,8 @@ def main(argv: list[str]) -> None:
         if source == "local":
             count = copy_local(Path(require(params, "path", where)), out)
         elif source == "url":
-            count = fetch_url(require(params, "url", where), require(params, "sha256", where), out)
+            pin = params.get("sha256") if params.get("follow") else require(params, "sha256", where)
+            count = fetch_url(require(params, "url", where), pin, out)
         elif source == "hub":
             count = fetch_hub(params, where, out)
         else:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import copy_project
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
@@ -78,16 +78,7 @@ def small_settings(repo: Path) -> None:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("pipeline")
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                            text=True, check=True).stdout.split("\n")
-    for name in filter(None, listed):
-        source = REPO / name
-        # the project's own source only: no outputs of a run in the developer's checkout
-        generated = name.startswith(("data/", "models/", "reports/", "dvc.lock")) and not name.startswith("data/samples/")
-        if source.is_file() and not generated:
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, repo / name)
+    repo = copy_project(tmp_path_factory.mktemp("pipeline"))
     small_settings(repo)
     sh(repo, "git", "init", "-q")
     sh(repo, "git", "add", "-A")
@@ -309,3 +300,39 @@ def test_hub_source_offline_fails_fast_with_one_clear_line(repo):
     assert len(lines) == 1 and lines[0].startswith("error: cannot "), result.stderr
     assert "no-such-model" in lines[0] and "source" in lines[0] and "Traceback" not in result.stderr
     assert not (scratch / "models/base/hub-model").exists()
+
+
+def test_a_fresh_clone_pulls_from_the_default_remote_and_runs_no_stage(repo, tmp_path):
+    """The remote in .dvc/config (a folder beside the checkout) works on a fresh clone: push, clone, pull, and
+    `dvc repro` has nothing to do; every output is byte-identical, and a model sits once on disk."""
+    sh(repo, "dvc", "repro")  # whatever the tests above left, brought up to date
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "results to share")
+    sh(repo, "dvc", "push")
+    assert any((repo.parent / "tunepipe-dvc-remote").rglob("*")), "the default remote is not beside the checkout"
+
+    sh(repo.parent, "git", "clone", "-q", str(repo), "teammate")  # beside it, as the remote's relative url expects
+    clone = repo.parent / "teammate"
+    sh(clone, "dvc", "pull")
+    assert stages_run(sh(clone, "dvc", "repro").stdout) == set()
+    assert json.loads(sh(clone, "dvc", "status", "--json").stdout) == {}
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    outputs = {out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+    files = [p.relative_to(repo) for out in outputs for p in sorted((repo / out).rglob("*") if (repo / out).is_dir()
+                                                                     else [repo / out]) if p.is_file()]
+    assert len(files) > 50
+    for name in files:
+        assert (clone / name).read_bytes() == (repo / name).read_bytes(), name
+
+    weights = next((clone / "models/base/smollm2-135m").rglob("*.safetensors"))
+    cached = {p.stat().st_ino for p in (clone / ".dvc/cache").rglob("*") if p.is_file()}
+    assert weights.stat().st_ino in cached  # linked from DVC's cache, not a second copy (cache.type in .dvc/config)
+
+    # the documented switch: merged models (rebuilt from the adapter in minutes) stay out of a remote
+    from flows.retrain import push_targets
+
+    lean = tmp_path / "lean-remote"
+    sh(repo, "dvc", "remote", "add", "lean", str(lean))
+    sh(repo, "dvc", "push", "-r", "lean", *push_targets(str(repo), push_merged=False))
+    missing = json.loads(sh(repo, "dvc", "status", "--cloud", "-r", "lean", "--json").stdout)
+    assert missing and all(path.startswith(f"models/merged/{EXPERIMENT}") for path in missing), missing
