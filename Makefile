@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: env repro test bench ui serve
+.PHONY: env repro test bench ui serve screenshot
 env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -40,3 +40,8 @@ ui: env
 # The scheduled retraining (params.yaml retrain.cron) registered on that server, run by this process when due
 serve: env
 	PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.retrain serve
+
+# PNGs of the newest pipeline run in the UI (needs Debian's chromium: apt-get install chromium)
+screenshot: env
+	pip install --quiet --disable-pip-version-check -e '.[test,ui]'
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} python -m flows.ui screenshot

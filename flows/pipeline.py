@@ -3,8 +3,11 @@
 Each task runs `dvc --wait-for-lock repro --single-item <stage@item>`, so the UI shows every stage with its
 own state, duration and log: Completed (it ran), Skipped (DVC found it up to date), Failed (with the stage's
 own error line) or NotRun (something it depends on failed). Prefect's task cache is off: there is one cache,
-DVC's. Stages run one after another: `dvc repro` holds the repository lock while a stage runs, so two stage
-tasks in one workspace could only wait for each other.
+DVC's. Stages run one after another: every training and generation stage already uses all the threads it is
+given, and DVC locks each running stage's outputs and dependencies, so a stage could only run beside
+another that shares none of its files. Two flow runs may share a workspace: a stage task waits for DVC's
+locks (the repository's, and the file locks of another dvc process running that stage), then finds the
+stage done and skips it.
 
 A stage that fails for a reason that may pass (exit status 75, EX_TEMPFAIL: a download timed out) is
 retried with exponential backoff; any other failure (bad input, bad params) fails at once.
@@ -17,6 +20,7 @@ import argparse
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # telemetry would try the network
@@ -28,9 +32,12 @@ from prefect.states import Cancelled, Completed, State  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
 from flows.artifacts import publish_results  # noqa: E402
+from flows.cache_check import verify_cache  # noqa: E402
 from flows.dvc_cli import StageFailed, TransientStageFailure, command_env, dvc, error_lines  # noqa: E402
 from stages.common import TRANSIENT_EXIT  # noqa: E402
 
+BUSY = "is being blocked by"  # DVC's message when another dvc process holds a stage's outputs or dependencies
+LOCK_POLL_SECONDS, LOCK_WAIT_SECONDS = 2.0, 24 * 3600.0
 RAN = re.compile(r"^Running stage '([^']+)'", re.M)
 NODE = re.compile(r'^"([^"]+)";$', re.M)
 EDGE = re.compile(r'^"([^"]+)" -> "([^"]+)";$', re.M)
@@ -88,7 +95,13 @@ def repro_stage(stage: str, repo: str, force: bool = False) -> State:
     runs it even when DVC finds it up to date (a source DVC cannot watch)."""
     logger = get_run_logger()
     command = ["dvc", "--wait-for-lock", "repro", "--single-item", *(["--force"] if force else []), stage]
-    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, env=command_env())
+    waited_since = time.monotonic()
+    while True:  # --wait-for-lock waits for the repository lock; this waits for the stage's own file locks
+        result = subprocess.run(command, cwd=repo, capture_output=True, text=True, env=command_env())
+        if result.returncode == 0 or BUSY not in result.stderr or time.monotonic() - waited_since > LOCK_WAIT_SECONDS:
+            break
+        logger.info("another dvc process is using this stage's files: %s; waiting", error_lines(result)[:300])
+        time.sleep(LOCK_POLL_SECONDS)
     if result.stdout.strip():
         logger.info("%s\n%s", " ".join(command), result.stdout.rstrip())  # DVC's decision and the stage's ledger
     if result.returncode != 0:
@@ -113,6 +126,7 @@ def pipeline(targets: list[str] | None = None, repo: str = ".", retries: int = 2
     """Bring the targets (default: the whole pipeline) up to date stage by stage, then publish the results.
     Stages in `force` run even if DVC finds them up to date."""
     repo = str(Path(repo).resolve())
+    verify_cache(repo)  # a damaged cache object would otherwise be checked out as if it were the output
     graph = stage_graph(repo)
     delays = exponential_backoff(backoff_factor=retry_delay_seconds)(retries) if retries else 0
     stage_task = repro_stage.with_options(retries=retries, retry_delay_seconds=delays)
@@ -142,8 +156,10 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the pipeline once, one Prefect task per DVC stage")
     run.add_argument("targets", nargs="*", help="dvc.yaml stages, e.g. train@dialogsum-lora (default: all)")
+    run.add_argument("--retries", type=int, default=2, help="tries after a transient failure (default 2)")
+    run.add_argument("--retry-delay", type=float, default=30, help="first backoff in seconds, doubling (default 30)")
     args = parser.parse_args()
-    pipeline(args.targets or None, str(Path.cwd()))
+    pipeline(args.targets or None, str(Path.cwd()), args.retries, args.retry_delay)
 
 
 if __name__ == "__main__":

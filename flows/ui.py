@@ -1,25 +1,24 @@
 """The Prefect UI, locally and offline.
 
     make ui                                    # the Prefect server and UI on http://127.0.0.1:4200, analytics off
-    python -m flows.ui screenshot [--flow-run ID] [--out reports/prefect-ui.png]
+    make screenshot                            # = python -m flows.ui screenshot [--flow-run ID] [--out PNG]
 
 `screenshot` photographs a flow run of the server at PREFECT_API_URL (default: the newest run of the pipeline
-flow) with headless Chromium from Debian's packages (`apt-get install chromium`): the run page with its stage
-tasks, and the run's scores artifact beside it (<out>-scores.png).
+flow) in headless Chromium from Debian's packages (`apt-get install chromium`), driven by Playwright (the `ui`
+extra) to open the run's Task Runs tab: one row per stage with its state. The run's scores artifact goes
+beside it (<out>-scores.png).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars"]  # no background connections: this machine's network is closed
+                  "--hide-scrollbars"]  # no background connections: the network may be closed
 
 
 def ui_base(api_url: str) -> str:
@@ -49,16 +48,25 @@ def artifact_id(flow_run_id, key: str):
     return found[0].id if found else None
 
 
-def photograph(url: str, out: Path, size: str = "1600,1100") -> None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not browser:
+def photograph(url: str, out: Path, tab: str | None = None, size: tuple[int, int] = (1600, 1300)) -> None:
+    """Open `url` in headless Chromium, click `tab` if given, and save a PNG once the page has settled."""
+    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser_path:
         sys.exit("error: no chromium on PATH: install Debian's package (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
-                        "--virtual-time-budget=20000", f"--screenshot={out.resolve()}", url],
-                       check=True, capture_output=True, timeout=120)
-    print(f"{url} -> {out}")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+        page.goto(url, wait_until="networkidle")
+        if tab:
+            page.get_by_text(tab, exact=True).first.click()
+            page.wait_for_load_state("networkidle")
+        page.wait_for_timeout(1500)  # the run graph draws after the data arrives
+        page.screenshot(path=str(out))
+        browser.close()
+    print(f"{url}{f' ({tab})' if tab else ''} -> {out}")
 
 
 def main() -> None:
@@ -74,7 +82,7 @@ def main() -> None:
         sys.exit("error: PREFECT_API_URL is not set: start the server (make ui) and export "
                  "PREFECT_API_URL=http://127.0.0.1:4200/api")
     run_id = args.flow_run or newest_run(args.flow).id
-    photograph(f"{ui_base(api_url)}/runs/flow-run/{run_id}", args.out)
+    photograph(f"{ui_base(api_url)}/runs/flow-run/{run_id}", args.out, tab="Task Runs")
     scores = artifact_id(run_id, "scores")
     if scores:
         photograph(f"{ui_base(api_url)}/artifacts/artifact/{scores}", args.out.with_name(f"{args.out.stem}-scores.png"))

@@ -10,6 +10,11 @@ A source that should move, a URL whose file is republished or a hub branch, says
 retraining flow re-runs these downloads every time (flows/retrain.py); their bytes decide what goes stale.
 A network failure exits with TRANSIENT_EXIT, which the Prefect flow retries; a wrong file fails at once.
 
+Untrusted input is bounded: `extract: true` unpacks a downloaded archive (zip, tar, tar.gz/bz2/xz) refusing
+members that leave the folder, links and device files (stages/archives.py); `max_bytes` and `max_files` (default
+20 GiB and 200,000) stop any source that is far larger than a dataset should be, and a local folder's symbolic
+links may not point outside it.
+
 dvc.yaml watches `path` for every source; for url and hub sources the pin in params is what changes,
 so their `path` names the folder the stage code lives in (see params.yaml).
 """
@@ -23,6 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from stages.archives import DEFAULT_LIMITS, Budget, unpack_in_place
 from stages.common import (
     COMMIT,
     StageError,
@@ -40,13 +46,20 @@ OFFLINE_HINT = ("To work offline, set params.yaml download.<dataset>.source to `
                 "folder holding the raw files.")
 
 
-def copy_local(source: Path, out: Path) -> int:
+def copy_local(source: Path, out: Path, budget: Budget) -> int:
     if not source.exists():
         raise StageError(f"local source {source} does not exist")
     files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
     files = [p for p in files if not p.name.startswith(".")]
     if not files:
         raise StageError(f"local source {source} holds no files")
+    root = source.resolve() if source.is_dir() else source.resolve().parent
+    for path in files:
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            raise StageError(f"local source {source}: {path.relative_to(source)} is a link to {path.resolve()}, "
+                             "outside the source folder; copy the file in instead")
+        budget.add_file(str(path))
+        budget.add_bytes(path.stat().st_size, str(path))
     for path in files:
         target = out / (path.name if source.is_file() else path.relative_to(source))
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -54,15 +67,25 @@ def copy_local(source: Path, out: Path) -> int:
     return len(files)
 
 
-def fetch_url(url: str, sha256: str | None, out: Path) -> int:
-    """Download `url` into `out`; with a sha256 pin, refuse other bytes (sha256 None: a followed source)."""
+def fetch_url(url: str, sha256: str | None, out: Path, budget: Budget) -> int:
+    """Download `url` into `out`; with a sha256 pin, refuse other bytes (sha256 None: a followed source). A cut
+    connection raises, and atomic_dir then leaves no output: an interrupted download never looks complete."""
     target = out / Path(url.split("?")[0]).name
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=30) as response, open(target, "wb") as handle:
+            budget.add_file(url)
+            declared = int(response.headers.get("Content-Length") or 0)
+            budget.check_declared(declared, url)  # before reading
+            received = 0
             for block in iter(lambda: response.read(1 << 20), b""):
+                budget.add_bytes(len(block), url)
+                received += len(block)
                 digest.update(block)
                 handle.write(block)
+            if declared and received < declared:  # read(n) ends quietly when the server hangs up early
+                raise TransientError(f"cannot download {url}: the connection closed after {received} of "
+                                     f"{declared} bytes. {OFFLINE_HINT}")
     except urllib.error.HTTPError as err:  # the server answered: only overload and its own errors may pass
         error = TransientError if err.code in (408, 429) or err.code >= 500 else StageError
         raise error(f"cannot download {url} (HTTP {err.code} {err.reason}). {OFFLINE_HINT}") from None
@@ -102,16 +125,19 @@ def main(argv: list[str]) -> None:
     params = load_params("download", dataset)
     where = f"params.yaml download.{dataset}"
     source = require(params, "source", where)
+    limits = {key: params.get(key, default) for key, default in DEFAULT_LIMITS.items()}
     with atomic_dir(Path("data/raw") / dataset) as out:
         if source == "local":
-            count = copy_local(Path(require(params, "path", where)), out)
+            count = copy_local(Path(require(params, "path", where)), out, Budget(where, **limits))
         elif source == "url":
             pin = params.get("sha256") if params.get("follow") else require(params, "sha256", where)
-            count = fetch_url(require(params, "url", where), pin, out)
+            count = fetch_url(require(params, "url", where), pin, out, Budget(where, **limits))
         elif source == "hub":
             count = fetch_hub(params, where, out)
         else:
             raise StageError(f"{where}: source must be local, url or hub, got '{source}'")
+        if params.get("extract"):
+            count = unpack_in_place(out, Budget(f"{where} (unpacked)", **limits)) or count
         sizes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
         print(f"[download] {dataset}: {count} files, {sizes / 1e6:.2f} MB -> data/raw/{dataset}")
         for path in sorted(p for p in out.rglob("*") if p.is_file()):

@@ -160,7 +160,9 @@ def split_rows(experiment: str, split: str, limit: int | None = None, seed: int 
     rows = rows.remove_columns(extra) if extra else rows
     if not limit or int(limit) >= rows.num_rows:
         return rows
-    return rows.shuffle(seed=seed).select(range(int(limit)))
+    # in memory: an on-disk shuffle writes its indices as cache-*.arrow into data/tokenized/, the tokenize
+    # stage's output, which DVC then sees as modified (and re-runs tokenize for)
+    return rows.shuffle(seed=seed, keep_in_memory=True).select(range(int(limit)), keep_in_memory=True)
 
 
 def main(argv: list[str]):

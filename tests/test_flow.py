@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
+BOOKKEEPING = ("verify_cache", "publish_")  # the flow's own tasks around the stages
 WRITE = """import json, sys, yaml
 params = yaml.safe_load(open("params.yaml"))["count"]
 json.dump({"n": params["n"], "square": params["n"] ** 2}, open(sys.argv[1], "w"))
@@ -111,13 +113,13 @@ def test_one_task_per_stage_then_every_stage_skipped(prefect_api, tiny_repo):
     first = pipeline(repo=str(tiny_repo), return_state=True)
     assert first.result() == {"ran": ["a", "b", "c", "d"], "skipped": [], "failed": [], "not run": []}
     runs = task_runs(first)
-    assert {name: run.state.name for name, run in runs.items() if not name.startswith("publish_")} == {
+    assert {name: run.state.name for name, run in runs.items() if not name.startswith(BOOKKEEPING)} == {
         "a": "Completed", "b": "Completed", "c": "Completed", "d": "Completed"}
     assert runs["a"].end_time <= runs["c"].start_time and runs["b"].end_time <= runs["c"].start_time
 
     second = pipeline(repo=str(tiny_repo), return_state=True)
     assert second.result()["skipped"] == ["a", "b", "c", "d"]
-    assert {run.state.name for name, run in task_runs(second).items() if not name.startswith("publish_")} == {"Skipped"}
+    assert {run.state.name for name, run in task_runs(second).items() if not name.startswith(BOOKKEEPING)} == {"Skipped"}
 
     (tiny_repo / "params.yaml").write_text("count:\n  n: 4\n")  # a, d and (through a.json) c are stale; b is not
     third = pipeline(repo=str(tiny_repo), return_state=True).result()
@@ -242,3 +244,22 @@ def yaml_dump(data: dict) -> str:
     import yaml
 
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def test_two_flow_runs_at_once_in_one_workspace_both_finish_and_corrupt_nothing(prefect_api, tiny_repo):
+    """Each stage task waits for DVC's repository lock (--wait-for-lock), so two runs interleave stage by stage:
+    whichever comes second finds each stage done by the first and skips it."""
+    slow = (tiny_repo / "dvc.yaml").read_text().replace(
+        "cmd: python write.py a.json", "cmd: python -c \"import time; time.sleep(3)\" && python write.py a.json")
+    (tiny_repo / "dvc.yaml").write_text(slow)
+    command = [sys.executable, "-m", "flows.pipeline", "run", "--retries", "0"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    runs = [subprocess.Popen(command, cwd=tiny_repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    ran = [set(re.findall(r"Task run '(\w)' - Finished in state Completed\('ran'\)", out)) for out in outputs]
+    assert ran[0] | ran[1] == {"a", "b", "c", "d"} and not ran[0] & ran[1]  # each stage ran once, in one run
+    assert json.loads((tiny_repo / "c.json").read_text()) == {"n": 3, "square": 9}
+    status = subprocess.run(["dvc", "status", "--json"], cwd=tiny_repo, capture_output=True, text=True)
+    assert json.loads(status.stdout) == {}

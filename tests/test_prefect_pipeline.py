@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import copy_project
-from tests.test_flow import artifacts, git, task_runs
+from tests.test_flow import BOOKKEEPING, artifacts, git, task_runs
 
 BIN = Path(sys.executable).parent
 EXPERIMENT = "phrasebank-head"  # MiniLM with a classification head: the quickest experiment to train
@@ -59,7 +59,7 @@ def test_pipeline_flow_shows_every_stage_then_every_stage_skipped(prefect_api, r
     first = pipeline(repo=str(repo), return_state=True)
     assert first.result()["ran"] == stages
     runs = task_runs(first)
-    assert {name: run.state.name for name, run in runs.items() if not name.startswith("publish_")} == {
+    assert {name: run.state.name for name, run in runs.items() if not name.startswith(BOOKKEEPING)} == {
         stage: "Completed" for stage in stages}
     for earlier, later in zip(stages, stages[1:]):
         assert runs[earlier].end_time <= runs[later].start_time  # one after another, in DVC's order
@@ -74,7 +74,7 @@ def test_pipeline_flow_shows_every_stage_then_every_stage_skipped(prefect_api, r
 
     second = pipeline(repo=str(repo), return_state=True)
     assert second.result()["skipped"] == stages
-    assert {run.state.name for name, run in task_runs(second).items() if not name.startswith("publish_")} == {"Skipped"}
+    assert {run.state.name for name, run in task_runs(second).items() if not name.startswith(BOOKKEEPING)} == {"Skipped"}
     status = subprocess.run(["dvc", "status", "--json"], cwd=repo, capture_output=True, text=True, check=True)
     assert json.loads(status.stdout) == {}
 

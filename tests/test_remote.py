@@ -127,3 +127,52 @@ def test_experiments_round_trip_through_a_bare_git_remote(team_repo, tmp_path):
     assert (clone / "numbers.txt").read_text().count("\n") == 5000
     reproduced = dvc(clone, "repro")
     assert "Running stage" not in reproduced.stdout  # the teammate has the experiment's outputs, not a recipe
+
+
+def damage(path: Path) -> None:
+    path.chmod(0o644)  # DVC makes cache files read-only
+    path.write_bytes(b"damaged on disk\n")
+
+
+def cache_object(repo: Path, output: str) -> Path:
+    import yaml
+
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    [md5] = [out["md5"] for stage in lock["stages"].values() for out in stage["outs"] if out["path"] == output]
+    return repo / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def test_a_damaged_local_cache_object_is_found_moved_aside_and_rebuilt(team_repo):
+    from flows.cache_check import check_cache
+
+    good = (team_repo / "numbers.txt").read_bytes()
+    assert check_cache(str(team_repo)) == []
+    damaged = cache_object(team_repo, "numbers.txt")
+    damage(damaged)
+    (team_repo / "numbers.txt").unlink()
+    [line] = check_cache(str(team_repo))
+    assert line.startswith("numbers.txt: cache object") and "does not match its hash" in line
+    kept = team_repo / ".dvc/cache/corrupted" / damaged.name
+    assert kept.read_bytes() == b"damaged on disk\n" and not damaged.exists()  # kept aside, never used
+    reproduced = dvc(team_repo, "repro")
+    assert "Running stage 'make'" in reproduced.stdout  # DVC sees the object missing and rebuilds it
+    assert (team_repo / "numbers.txt").read_bytes() == good
+    assert json.loads(dvc(team_repo, "status", "--json").stdout) == {}
+    assert check_cache(str(team_repo)) == [] and damaged.exists()
+
+
+def test_a_damaged_object_on_the_remote_is_refused_by_its_hash(team_repo, tmp_path):
+    remote = tmp_path / "dvc-remote"
+    dvc(team_repo, "remote", "add", "-d", "team", str(remote))
+    git(team_repo, "add", "-A")
+    git(team_repo, "commit", "-qm", "results")
+    dvc(team_repo, "push")
+    [stored] = [p for p in remote.rglob("*") if p.is_file()]
+    damage(stored)
+    clone = fresh_clone(team_repo, tmp_path / "clone")
+    pulled = subprocess.run(["dvc", "pull"], cwd=clone, capture_output=True, text=True)
+    assert pulled.returncode != 0
+    md5 = stored.parent.name + stored.name
+    assert f"md5: {md5}" in pulled.stderr and "numbers.txt" in pulled.stderr  # named, with the output it belongs to
+    assert not (clone / "numbers.txt").exists()  # the damaged bytes never reach the workspace
+    assert list((clone / ".dvc").rglob(stored.name)) == []  # nor the clone's cache

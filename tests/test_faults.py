@@ -1,0 +1,132 @@
+"""Fault injection and concurrency on the project's own dvc.yaml and stages (a tiny Llama from a config, the
+sample DialogSum rows, a real git + DVC repository).
+
+Each long stage is killed with SIGKILL (with DVC around it) at a random point of its run; then `dvc repro`
+must end with every output byte-identical to an uninterrupted run and `dvc status` clean, and no partial
+output may ever be taken as done. Two `dvc repro` started at once in one workspace: one waits for the lock or
+stops with DVC's lock message, the other completes, and nothing is corrupted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_resume import ENV, make_repo
+
+STAGES = ["download@dialogsum", "convert@dialogsum", "tokenize@toy", "train@toy", "predict_after@toy",
+          "merge@toy"]
+SEED = int(os.environ.get("TUNEPIPE_FAULT_SEED", time.time_ns() % 10_000))  # printed on failure, to replay
+
+
+def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(["dvc", *args], cwd=root, env=ENV, capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, f"dvc {' '.join(args)}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
+    return result
+
+
+def with_merge(root: Path) -> Path:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["merge"] = {"toy": {"tolerance": 0.001, "threads": 1}}
+    params["train"]["toy"].update(max_steps=10, checkpoint_steps=5)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "commit", "-qam", "with merge"], cwd=root, env=ENV, check=True)
+    return root
+
+
+def outputs(root: Path) -> dict[str, str]:
+    """Every output of every stage with its hash, as dvc.lock records it."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+def file_bytes(root: Path, paths) -> dict[str, bytes]:
+    found = {}
+    for path in paths:
+        target = root / path
+        for file in (sorted(target.rglob("*")) if target.is_dir() else [target]):
+            if file.is_file():
+                found[str(file.relative_to(root))] = file.read_bytes()
+    return found
+
+
+def stage_seconds(root: Path, stage: str) -> float:
+    """How long the stage took in the uninterrupted run (its own record in reports/speed/stages)."""
+    name, item = stage.split("@")
+    name = {"predict_after": "predict"}.get(name, name)
+    item = f"{item}+after" if stage.startswith("predict_after") else item
+    return json.loads((root / "reports/speed/stages" / f"{name}@{item}.json").read_text())["seconds"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, dict[str, str], dict[str, bytes]]:
+    root = with_merge(make_repo(tmp_path_factory.mktemp("reference") / "repo"))
+    dvc(root, "repro")
+    # no stage writes into another's output (a datasets cache file in data/tokenized/ once did)
+    assert json.loads(dvc(root, "status", "--json").stdout) == {}
+    hashes = outputs(root)
+    assert {"models/merged/toy", "data/predictions/toy/after.jsonl", "data/tokenized/toy"} <= set(hashes)
+    return root, hashes, file_bytes(root, hashes)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_stage_killed_at_a_random_point_reruns_to_the_same_bytes(reference, stage):
+    root, hashes, contents = reference
+    rng = random.Random(f"{SEED}-{stage}")
+    delay = rng.uniform(0.05, 1.0) * (stage_seconds(root, stage) + 1.5)  # + DVC's own start-up before the stage
+    process = subprocess.Popen(["dvc", "repro", "--force", "--single-item", stage], cwd=root, env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(delay)
+    killed = process.poll() is None
+    if killed:
+        os.killpg(process.pid, signal.SIGKILL)  # DVC and the stage with it
+    process.wait()
+
+    # no partial output taken as done: either DVC sees the stage as stale, or its outputs are complete
+    own = outputs_of(root, stage)
+    if stage not in json.loads(dvc(root, "status", "--json", stage).stdout):
+        assert file_bytes(root, own) == subset(contents, own), \
+            f"seed {SEED}: {stage} killed after {delay:.2f}s looks done but its outputs differ"
+
+    dvc(root, "repro")
+    assert outputs(root) == hashes, f"seed {SEED}: {stage} killed after {delay:.2f}s (killed={killed})"
+    assert file_bytes(root, hashes) == contents
+    assert json.loads(dvc(root, "status", "--json").stdout) == {}
+    assert not list(root.rglob(".*.tmp-*")), "a temporary file or folder of an atomic write was left behind"
+
+
+def subset(contents: dict[str, bytes], paths: list[str]) -> dict[str, bytes]:
+    return {name: data for name, data in contents.items() if any(name == p or name.startswith(f"{p}/") for p in paths)}
+
+
+def outputs_of(root: Path, stage: str) -> list[str]:
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    return [out["path"] for out in lock["stages"][stage].get("outs", [])]
+
+
+@pytest.mark.parametrize("first, second", [("train@toy", "train@toy"), ("train@toy", "tokenize@toy")])
+def test_two_repro_at_once_one_runs_the_other_stops_cleanly_and_nothing_is_corrupted(reference, first, second):
+    """DVC locks the repository while it plans and each stage's outputs and dependencies while it runs; a second
+    `dvc repro` that needs them stops at once with a message naming the blocking process (--wait-for-lock only
+    waits for the repository lock; the Prefect flow also waits for these, see test_flow.py)."""
+    root, hashes, contents = reference
+    started = [subprocess.Popen(["dvc", "--wait-for-lock", "repro", "--force", "--single-item", stage], cwd=root,
+                                env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for stage in (first, second)]
+    results = [(*process.communicate(), process.returncode) for process in started]
+    assert 0 in [code for _, _, code in results], results
+    for out, err, code in results:
+        if code != 0:
+            assert "is being blocked by" in err or "Unable to acquire lock" in err, err
+            assert "(PID " in err or "lock" in err
+    dvc(root, "repro")
+    assert outputs(root) == hashes and file_bytes(root, hashes) == contents
+    assert json.loads(dvc(root, "status", "--json").stdout) == {}
