@@ -1,4 +1,9 @@
-"""Check DVC's local cache against the hashes that name its files, before a run uses them.
+"""Check DVC's local cache against the hashes that name its files, and DVC's lock file, before a run.
+
+DVC rewrites `.dvc/tmp/rwlock` in place: a dvc process killed in that moment leaves it empty, and every
+later dvc command fails ("Unable to read RWLock-file ... JSON structure is corrupted") until someone
+deletes it. It only lists running processes, so when no other dvc process is running in this repository it
+is replaced by an empty one (the damaged copy kept beside it) under DVC's own guard lock.
 
 DVC trusts an object in its cache once it exists: a cache file damaged on disk (a bad sector, an interrupted
 copy, a hand edit through a hard link) is checked out as it is, and a stage that re-creates the same output
@@ -9,7 +14,7 @@ missing and pulls it from the remote or re-runs the stage. Objects already check
 (same size, mtime and inode) are not hashed again, so a no-op run stays fast; `--full` hashes everything
 (damage that kept a file's size and mtime).
 
-    python -m flows.cache_check [--full]   # report and move aside what is damaged; exit 1 if anything was
+    python -m flows.cache_check [--full]   # repair the lock file; report and move aside damaged objects
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -87,17 +93,61 @@ def check_cache(repo: str, full: bool = False) -> list[str]:
 
 @task(cache_policy=NO_CACHE)
 def verify_cache(repo: str) -> list[str]:
-    """The pipeline flow's first task: damaged cache objects are moved aside (and reported) before DVC uses them."""
+    """The pipeline flow's first task: a damaged lock file is repaired and damaged cache objects are moved
+    aside (and reported) before DVC uses them."""
+    repaired = repair_rwlock(repo)
+    if repaired:
+        get_run_logger().warning(repaired)
     damaged = check_cache(repo)
     for line in damaged:
         get_run_logger().warning(line)
     return damaged
 
 
+def other_dvc_processes(repo: Path) -> list[int]:
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if process.pid != os.getpid() and "dvc" in " ".join(process.info["cmdline"] or []) \
+                    and Path(process.cwd()).resolve() == repo.resolve():
+                found.append(process.pid)
+        except (psutil.Error, OSError):  # gone, or not ours to inspect
+            continue
+    return found
+
+
+def repair_rwlock(repo: str) -> str | None:
+    """Replace a damaged `.dvc/tmp/rwlock` by an empty one; returns what was done, or None if it was sound."""
+    from dvc.lock import make_lock
+
+    path = Path(repo) / ".dvc" / "tmp" / "rwlock"
+    if not path.exists():
+        return None
+    with make_lock(str(path.parent / "rwlock.lock"), tmp_dir=str(path.parent), hardlink_lock=False):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+            return None
+        except json.JSONDecodeError:
+            pass
+        running = other_dvc_processes(Path(repo))
+        if running:
+            raise RuntimeError(f"{path} is damaged but dvc processes {running} are running here: wait for them")
+        kept = path.with_name(f"rwlock.damaged-{int(time.time())}")
+        os.replace(path, kept)
+        path.write_text("{}", encoding="utf-8")
+    return f"{path} was damaged (a dvc process killed while writing it): replaced, the old one kept as {kept.name}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.cache_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="hash every object, also those checked before")
-    damaged = check_cache(".", parser.parse_args().full)
+    args = parser.parse_args()
+    repaired = repair_rwlock(".")
+    if repaired:
+        print(repaired)
+    damaged = check_cache(".", args.full)
     for line in damaged:
         print(f"error: {line}", file=sys.stderr)
     print(f"cache check: {len(damaged)} damaged object(s)" if damaged else "cache check: every object intact")

@@ -13,12 +13,14 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from flows.cache_check import repair_rwlock
 from tests.test_resume import ENV, make_repo
 
 STAGES = ["download@dialogsum", "convert@dialogsum", "tokenize@toy", "train@toy", "predict_after@toy",
@@ -90,6 +92,10 @@ def test_a_stage_killed_at_a_random_point_reruns_to_the_same_bytes(reference, st
         os.killpg(process.pid, signal.SIGKILL)  # DVC and the stage with it
     process.wait()
 
+    # DVC rewrites .dvc/tmp/rwlock in place: killed in that moment it leaves it empty and every dvc command
+    # fails until it is repaired, which the pipeline flow does first (python -m flows.cache_check by hand)
+    if repair_rwlock(str(root)):
+        assert not (root / ".dvc/tmp/rwlock").read_text().strip("{}")
     # no partial output taken as done: either DVC sees the stage as stale, or its outputs are complete
     own = outputs_of(root, stage)
     if stage not in json.loads(dvc(root, "status", "--json", stage).stdout):
@@ -122,6 +128,7 @@ def test_two_repro_at_once_one_runs_the_other_stops_cleanly_and_nothing_is_corru
                                 env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for stage in (first, second)]
     results = [(*process.communicate(), process.returncode) for process in started]
+    assert repair_rwlock(str(root)) is None  # two live processes never damage it
     assert 0 in [code for _, _, code in results], results
     for out, err, code in results:
         if code != 0:
@@ -129,4 +136,22 @@ def test_two_repro_at_once_one_runs_the_other_stops_cleanly_and_nothing_is_corru
             assert "(PID " in err or "lock" in err
     dvc(root, "repro")
     assert outputs(root) == hashes and file_bytes(root, hashes) == contents
+    assert json.loads(dvc(root, "status", "--json").stdout) == {}
+
+
+def test_a_half_written_dvc_lock_file_is_repaired_only_when_no_dvc_runs(reference):
+    root, hashes, contents = reference
+    rwlock = root / ".dvc/tmp/rwlock"
+    rwlock.write_text("")  # what a dvc process killed while rewriting it leaves
+    broken = dvc(root, "status", check=False)
+    assert broken.returncode != 0 and "Unable to read RWLock-file" in broken.stderr
+    busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "dvc"], cwd=root)
+    try:
+        with pytest.raises(RuntimeError, match=r"dvc processes \[\d+\] are running here"):
+            repair_rwlock(str(root))
+    finally:
+        busy.kill()
+        busy.wait()
+    assert "was damaged" in repair_rwlock(str(root))
+    assert [p.read_text() for p in root.glob(".dvc/tmp/rwlock.damaged-*")] == [""]  # kept, not deleted
     assert json.loads(dvc(root, "status", "--json").stdout) == {}
