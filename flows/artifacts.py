@@ -10,22 +10,19 @@ from __future__ import annotations
 import base64
 import json
 import re
-import subprocess
 from pathlib import Path
 
-import yaml
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.dvc_cli import command_env
+from flows.dvc_cli import dvc, read_params
 
 IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
 
 
 def report_dir(repo: Path) -> Path:
-    params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8")) if (repo / "params.yaml").exists() else {}
-    return repo / ((params or {}).get("report") or {}).get("dir", "reports")
+    return repo / (read_params(repo).get("report") or {}).get("dir", "reports")
 
 
 def score_rows(repo: Path) -> list[dict]:
@@ -55,10 +52,7 @@ def embed_images(markdown: str, base: Path) -> str:
 def metrics_diff_rows(repo: Path, against: str = "HEAD") -> list[dict]:
     """`dvc metrics diff <against>` (the previous run's committed metrics vs the workspace), one row per
     experiment (the metrics file's name) and metric."""
-    result = subprocess.run(["dvc", "metrics", "diff", against, "--all", "--json"], cwd=repo,
-                            capture_output=True, text=True, env=command_env())
-    if result.returncode != 0:
-        raise RuntimeError(f"dvc metrics diff {against} failed: {result.stderr.strip()[-500:]}")
+    result = dvc(str(repo), "metrics", "diff", against, "--all", "--json")
     rows = []
     for path, metrics in sorted((json.loads(result.stdout or "{}") or {}).items()):
         for metric, change in sorted(metrics.items()):

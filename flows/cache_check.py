@@ -37,11 +37,8 @@ STATE = Path(".dvc/tmp/tunepipe-verified.json")  # path -> [size, mtime_ns, inod
 
 
 def md5_file(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def locked_objects(repo: Path) -> dict[str, str]:

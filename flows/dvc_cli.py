@@ -1,10 +1,20 @@
-"""The dvc command line, as the flows call it: DVC has no public Python API to run a pipeline."""
+"""The dvc command line, as the flows call it (DVC has no public Python API to run a pipeline), and the
+repository's params.yaml as the flows read it."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def read_params(repo: str | Path) -> dict[str, Any]:
+    """params.yaml of `repo` ({} when there is none)."""
+    path = Path(repo) / "params.yaml"
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.exists() else {}
 
 
 def command_env() -> dict[str, str]:

@@ -17,26 +17,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.schedules import Cron
 
 from flows.artifacts import publish_metrics_diff
-from flows.dvc_cli import StageFailed, dvc
+from flows.dvc_cli import StageFailed, dvc, read_params
 from flows.pipeline import pipeline, stage_graph
 
 DEFAULTS = {"cron": "0 3 * * 1", "timezone": "UTC", "work_pool": None, "deployment": "scheduled-retrain",
             "compare_to": "HEAD", "push_merged": True}
 
 
-def retrain_params(repo: str) -> dict[str, Any]:
-    params = yaml.safe_load((Path(repo) / "params.yaml").read_text(encoding="utf-8")) or {}
+def retrain_settings(params: dict[str, Any]) -> dict[str, Any]:
     return {**DEFAULTS, **(params.get("retrain") or {})}
 
 
-def followed_sources(repo: str) -> list[str]:
-    params = yaml.safe_load((Path(repo) / "params.yaml").read_text(encoding="utf-8")) or {}
+def retrain_params(repo: str) -> dict[str, Any]:
+    return retrain_settings(read_params(repo))
+
+
+def followed_sources(params: dict[str, Any]) -> list[str]:
     return [name for name, entry in (params.get("download") or {}).items() if (entry or {}).get("follow")]
 
 
@@ -70,9 +71,10 @@ def retrain(repo: str = ".", push: bool = True, retries: int = 2, retry_delay_se
     """One retraining run; its artifacts: the scores, the report, and `dvc metrics diff` against the previous run."""
     repo = str(Path(repo).resolve())
     pulled = pull_cache(repo)
-    followed = [f"download@{name}" for name in followed_sources(repo)]  # re-fetched: DVC cannot see them move
+    params = read_params(repo)
+    settings = retrain_settings(params)
+    followed = [f"download@{name}" for name in followed_sources(params)]  # re-fetched: DVC cannot see them move
     summary = pipeline(repo=repo, retries=retries, retry_delay_seconds=retry_delay_seconds, force=followed)
-    settings = retrain_params(repo)
     if push:
         push_cache(repo, settings["push_merged"])
     diff = publish_metrics_diff(repo, settings["compare_to"])
