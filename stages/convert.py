@@ -6,6 +6,9 @@ metric) in reports/ledger/<dataset>.json, and the stage fails when rejects pass 
 the options leave out (down-sample) more than `max_drop_rate` (default 0.5) of the good records.
 Rows are sorted by id within a split, so the bytes do not depend on file order or the file system.
 A release's own splits are kept unless `release_splits` renames them or shares them out by hash.
+`swapped_pair_copies: true` adds each training pair again with its two texts swapped (for symmetric tasks
+such as paraphrase: the model should not learn which side a sentence came from); validation and test stay
+as released, so what is scored never changes.
 """
 from __future__ import annotations
 
@@ -43,6 +46,9 @@ def convert(raw_dir: Path, params: dict[str, Any], ledger: Ledger) -> dict[str, 
         raise StageError(f"params.yaml convert: the {params['format']} reader draws the {clash[0]} split itself; "
                          f"remove '{clash[0]}' from split ratios {ratios} so no other row is added to it")
     release = check_release_splits(params.get("release_splits") or {})
+    if not isinstance(params.get("swapped_pair_copies", False), bool):
+        raise StageError(f"params.yaml convert: swapped_pair_copies is true or false, "
+                         f"got {params['swapped_pair_copies']!r}")
 
     def place(split: str | None, group: str) -> str:
         """The split a record lands in: a release that fixes its own keeps it (or what release_splits makes
@@ -64,9 +70,23 @@ def convert(raw_dir: Path, params: dict[str, Any], ledger: Ledger) -> dict[str, 
         record["split"] = split
         by_split[split].append(record)
         ledger.written[split] += 1
+    if params.get("swapped_pair_copies"):
+        by_split["train"] += swapped_copies(by_split["train"], ledger)
     for rows in by_split.values():
         rows.sort(key=lambda row: row["id"])
     return by_split
+
+
+def swapped_copies(rows: list[dict[str, Any]], ledger: Ledger) -> list[dict[str, Any]]:
+    """Each sentence pair once more with text and text_pair swapped; the copy's id is '<id>#swapped'."""
+    copies = [{**row, "id": f"{row['id']}#swapped", "text": row["text_pair"], "text_pair": row["text"]}
+              for row in rows if row.get("text_pair")]
+    if not copies:
+        raise StageError("params.yaml convert: swapped_pair_copies is on, but no training record has a "
+                         "text_pair to swap (it is for sentence-pair datasets such as MRPC)")
+    ledger.synthesized += len(copies)
+    ledger.written["train"] += len(copies)
+    return copies
 
 
 def check_release_splits(release: dict[str, Any]) -> dict[str, Any]:

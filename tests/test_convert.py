@@ -39,3 +39,33 @@ def test_release_splits_rename_a_split_and_carve_another_by_hash(tmp_path):
 def test_release_splits_naming_an_unknown_split_is_one_line(tmp_path):
     with pytest.raises(StageError, match=r"release_splits: validation: dev names an unknown split"):
         convert(release(tmp_path), {"format": "dialogsum", "release_splits": {"validation": "dev"}}, Ledger("t"))
+
+
+MRPC = REPO / "data/samples/mrpc"
+
+
+def test_swapped_pair_copies_double_train_only_and_keep_the_books(tmp_path):
+    params = {"format": "mrpc", "release_splits": {"validation": "test", "train": {"train": 0.8, "validation": 0.2}}}
+    plain_ledger, swapped_ledger = Ledger("plain"), Ledger("swapped")
+    plain = convert(MRPC, params, plain_ledger)
+    swapped = convert(MRPC, {**params, "swapped_pair_copies": True}, swapped_ledger)
+    assert swapped["validation"] == plain["validation"] and swapped["test"] == plain["test"]  # scored rows unchanged
+    originals = {row["id"]: row for row in plain["train"]}
+    assert len(swapped["train"]) == 2 * len(originals) > 0
+    for row in swapped["train"]:
+        if row["id"].endswith("#swapped"):
+            source = originals[row["id"].removesuffix("#swapped")]
+            assert (row["text"], row["text_pair"], row["label"]) == (source["text_pair"], source["text"],
+                                                                   source["label"])
+        else:
+            assert row == originals[row["id"]]
+    summary = swapped_ledger.summary()
+    assert summary["synthesized"] == len(originals)
+    assert summary["read"] + summary["synthesized"] == summary["written"] + summary["rejected"] + summary["dropped"]
+
+
+def test_swapped_pair_copies_need_pairs_and_a_boolean(tmp_path):
+    with pytest.raises(StageError, match="swapped_pair_copies is on, but no training record has a text_pair"):
+        convert(release(tmp_path), {"format": "dialogsum", "swapped_pair_copies": True}, Ledger("t"))
+    with pytest.raises(StageError, match="swapped_pair_copies is true or false, got 'yes'"):
+        convert(MRPC, {"format": "mrpc", "swapped_pair_copies": "yes"}, Ledger("t"))
