@@ -5,7 +5,8 @@ model. Experiments of one task sit in one table (a head beside instruction tunin
 same test rows, which this stage checks), with the seeds' published figures beside them, labelled as other
 models and data. Writes plots/ (loss curves, a before/after chart) and scores.csv (the
 chart's numbers, a DVC plot). Says which profile ran: the embedded default shows the mechanics in
-minutes, not a quality gain.
+minutes, not a quality gain. `report.targets` (the real profile's) adds a table of goals, each met or
+missed.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.common import (
+    StageError,
     atomic_file,
     load_experiment,
     load_params,
@@ -163,6 +165,36 @@ def task_table(names: list[str], setups: dict, metrics: dict, seeds: dict, task:
     return lines + [""]
 
 
+COMPARE = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, "<": lambda a, b: a < b}
+
+
+def target_table(targets: dict[str, dict[str, str]], metrics: dict[str, Any]) -> list[str]:
+    """`report.targets`: {experiment: {score: ">= 82" | "<= 10" | "> before"}}: each goal met or missed, in
+    the report itself (an experiment left out by --only is left out here too)."""
+    lines = ["## Targets", "", "| experiment | score | target | before | after | met? |",
+             "|---|---|---|---:|---:|---|"]
+    for name, goals in targets.items():
+        for key, goal in (goals or {}).items():
+            where = f"params.yaml report.targets.{name}.{key}"
+            op, _, bound = str(goal).partition(" ")
+            if op not in COMPARE or not bound:
+                raise StageError(f"{where}: {goal!r} is not '<op> <number>' or '<op> before' "
+                                 f"(op one of {' '.join(COMPARE)})")
+            if name not in metrics:
+                continue
+            if key not in metrics[name]["after"]:
+                raise StageError(f"{where}: {name} has no score {key!r} (it has {', '.join(metrics[name]['after'])})")
+            before, after = metrics[name]["before"][key], metrics[name]["after"][key]
+            try:
+                limit = before if bound == "before" else float(bound)
+            except ValueError:
+                raise StageError(f"{where}: {bound!r} is neither a number nor 'before'") from None
+            met = COMPARE[op](after, limit)
+            lines.append(f"| [{name}](#{name}) | {key} | {goal} | {fmt(before)} | {fmt(after)} | "
+                         f"{'yes' if met else '**missed**'} |")
+    return lines + [""]
+
+
 def metric_definitions(names: list[str]) -> list[str]:
     """Each metric module's own docstring, so the report and the code cannot disagree on a definition."""
     import ast
@@ -202,6 +234,8 @@ def main(argv: list[str]) -> None:
              "for a classifier) and after, on the same test rows. ROUGE, accuracy, F1 and refusal rates are "
              "×100; seqeval scores are fractions. Every metric is defined in the docstring of its module in "
              "`metrics/`.", "", f"![before and after]({figure.relative_to(out).as_posix()})", ""]
+    if params.get("targets"):
+        lines += target_table(params["targets"], metrics)
     for task, names in tasks.items():
         lines += [f"## {task}", ""] + task_table(names, setups, metrics, params.get("seeds") or {}, task)
     lines += ["## Every experiment", ""]
