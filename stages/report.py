@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import operator
 from pathlib import Path
 from typing import Any
 
@@ -165,12 +166,12 @@ def task_table(names: list[str], setups: dict, metrics: dict, seeds: dict, task:
     return lines + [""]
 
 
-COMPARE = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, "<": lambda a, b: a < b}
+COMPARE = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
 
 def target_table(targets: dict[str, dict[str, str]], metrics: dict[str, Any]) -> list[str]:
     """`report.targets`: {experiment: {score: ">= 82" | "<= 10" | "> before"}}: each goal met or missed, in
-    the report itself (an experiment left out by --only is left out here too)."""
+    the report itself (an experiment left out by --only is left out here too, its goals still checked)."""
     lines = ["## Targets", "", "| experiment | score | target | before | after | met? |",
              "|---|---|---|---:|---:|---|"]
     for name, goals in targets.items():
@@ -180,16 +181,16 @@ def target_table(targets: dict[str, dict[str, str]], metrics: dict[str, Any]) ->
             if op not in COMPARE or not bound:
                 raise StageError(f"{where}: {goal!r} is not '<op> <number>' or '<op> before' "
                                  f"(op one of {' '.join(COMPARE)})")
+            try:
+                limit = None if bound == "before" else float(bound)
+            except ValueError:
+                raise StageError(f"{where}: {bound!r} is neither a number nor 'before'") from None
             if name not in metrics:
                 continue
             if key not in metrics[name]["after"]:
                 raise StageError(f"{where}: {name} has no score {key!r} (it has {', '.join(metrics[name]['after'])})")
             before, after = metrics[name]["before"][key], metrics[name]["after"][key]
-            try:
-                limit = before if bound == "before" else float(bound)
-            except ValueError:
-                raise StageError(f"{where}: {bound!r} is neither a number nor 'before'") from None
-            met = COMPARE[op](after, limit)
+            met = COMPARE[op](after, before if limit is None else limit)
             lines.append(f"| [{name}](#{name}) | {key} | {goal} | {fmt(before)} | {fmt(after)} | "
                          f"{'yes' if met else '**missed**'} |")
     return lines + [""]

@@ -44,7 +44,7 @@ def test_release_splits_naming_an_unknown_split_is_one_line(tmp_path):
 MRPC = REPO / "data/samples/mrpc"
 
 
-def test_swapped_pair_copies_double_train_only_and_keep_the_books(tmp_path):
+def test_swapped_pair_copies_double_train_only_and_keep_the_books():
     params = {"format": "mrpc", "release_splits": {"validation": "test", "train": {"train": 0.8, "validation": 0.2}}}
     plain_ledger, swapped_ledger = Ledger("plain"), Ledger("swapped")
     plain = convert(MRPC, params, plain_ledger)
