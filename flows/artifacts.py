@@ -16,19 +16,15 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.dvc_cli import dvc, read_params
+from flows.dvc_cli import dvc
 
 IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
 
 
-def report_dir(repo: Path) -> Path:
-    return repo / (read_params(repo).get("report") or {}).get("dir", "reports")
-
-
-def score_rows(repo: Path) -> list[dict]:
+def score_rows(repo: Path, profile: str = "") -> list[dict]:
     """One row per experiment and metric from the score stage's reports/metrics/<experiment>.json."""
     rows = []
-    for path in sorted((repo / "reports" / "metrics").glob("*.json")):
+    for path in sorted((repo / profile / "reports" / "metrics").glob("*.json")):
         scores = json.loads(path.read_text(encoding="utf-8"))
         after = scores.get("after") or {}
         for metric, value in after.items():
@@ -56,21 +52,21 @@ def metrics_diff_rows(repo: Path, against: str = "HEAD") -> list[dict]:
     rows = []
     for path, metrics in sorted((json.loads(result.stdout or "{}") or {}).items()):
         for metric, change in sorted(metrics.items()):
-            rows.append({"experiment": Path(path).stem if path.startswith("reports/metrics/") else path,
+            rows.append({"experiment": Path(path).stem if "reports/metrics/" in path else path,
                          "metric": metric, "previous": change.get("old"), "now": change.get("new"),
                          "change": change.get("diff")})
     return rows
 
 
 @task(cache_policy=NO_CACHE)
-def publish_results(repo: str) -> list[dict]:
+def publish_results(repo: str, profile: str = "") -> list[dict]:
     """The scores table and the report (images embedded) as artifacts of this flow run."""
     root = Path(repo)
-    rows = score_rows(root)
+    rows = score_rows(root, profile)
     if rows:
         create_table_artifact(key="scores", table=rows,
                               description="Each experiment's metrics before and after training, on the same test rows")
-    report = report_dir(root) / "README.md"
+    report = root / profile / "reports" / "README.md"
     if report.exists():
         create_markdown_artifact(key="report", markdown=embed_images(report.read_text(encoding="utf-8"), report.parent),
                                  description=str(report.relative_to(root)))

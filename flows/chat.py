@@ -4,8 +4,9 @@
     python -m flows.chat webqa-lora --prompt "..."          # answer once and exit (scripts, tests)
     python -m flows.chat webqa-lora --evidence "..." --prompt "question"   # WebQA's way: evidence + question
     python -m flows.chat dialogsum-lora --model base        # base | adapter | merged (default: the newest made)
+    python -m flows.chat mrpc-head --profile profiles/real  # an experiment of a profile folder
 
-The prompt goes through the model's chat template (with the experiment's `tokenize.<exp>.system_prompt`),
+The prompt goes through the model's chat template (with the experiment's `tokenize.system_prompt`),
 as in training; `--evidence` fills the WebQA converter's prompt template. Decoding is greedy unless
 `--temperature` is given (then sampled with `--seed`). Only models that generate chat; a head predicts labels.
 """
@@ -16,7 +17,9 @@ import sys
 import threading
 from pathlib import Path
 
-from stages.common import StageError, load_experiment, load_params, run_stage
+from stages.common import StageError, run_stage
+from stages.settings import load_experiment
+from stages.sources import data_params
 
 MODELS = ("base", "adapter", "merged")
 
@@ -114,17 +117,17 @@ def main(argv: list[str]) -> None:
     if args.temperature is not None and args.temperature <= 0:
         raise StageError("--temperature: a number > 0 (leave it out for greedy decoding)")
 
-    setup = load_experiment(args.experiment)
+    setup = load_experiment(args.experiment, "predict")
     if not setup["generates"]:
         raise StageError(f"{args.experiment}: a {setup['kind']} predicts labels, it does not chat "
                          f"(its predictions: data/predictions/{args.experiment}/)")
     which, folder = pick_model(args.experiment, setup, args.model)
     template = None
     if args.evidence is not None:
-        from stages.formats.webqa import DEFAULTS
-        convert = load_params("convert", setup["dataset"]) or {}
-        template = {**DEFAULTS, **(convert.get("options") or {})}["prompt_template"]
-    system = (load_params("tokenize", args.experiment) or {}).get("system_prompt")
+        from stages.formats.webqa import OPTIONS
+        spec, _ = data_params(setup["dataset"])
+        template = {**OPTIONS, **(spec.get("options") or {})}["prompt_template"]
+    system = load_experiment(args.experiment, "tokenize")["tokenize"].get("system_prompt")
 
     from transformers import set_seed
 

@@ -37,8 +37,20 @@ def retrain_params(repo: str) -> dict[str, Any]:
     return retrain_settings(read_params(repo))
 
 
-def followed_sources(params: dict[str, Any]) -> list[str]:
-    return [name for name, entry in (params.get("download") or {}).items() if (entry or {}).get("follow")]
+def followed_sources(repo: str, graph: dict[str, list[str]], profile: str = "") -> list[str]:
+    """The download stages whose source is marked `follow: true` (params.yaml datasets.<name>, or an
+    experiment's own dataset)."""
+    import os
+
+    from stages.sources import data_params
+
+    here = os.getcwd()
+    os.chdir(Path(repo) / profile)  # the stages read a profile's files from its folder
+    try:
+        return [stage for stage in graph if stage.rpartition(":")[2].startswith("download@")
+                and data_params(stage.rpartition(":")[2].split("@", 1)[1])[0].get("follow")]
+    finally:
+        os.chdir(here)
 
 
 @task(cache_policy=NO_CACHE)
@@ -53,30 +65,31 @@ def pull_cache(repo: str) -> str:
         return "not pulled"
 
 
-def push_targets(repo: str, push_merged: bool) -> list[str]:
+def push_targets(repo: str, push_merged: bool, profile: str = "") -> list[str]:
     """Every stage's outputs, or all but the merge stages' (a merged model is rebuilt from its adapter in
     minutes, and is as large as the base model); [] means everything."""
     if push_merged:
         return []
-    return [stage for stage in stage_graph(repo) if not stage.startswith("merge@")]
+    return [stage for stage in stage_graph(repo, profile) if not stage.rpartition(":")[2].startswith("merge@")]
 
 
 @task(cache_policy=NO_CACHE)
-def push_cache(repo: str, push_merged: bool) -> None:
-    dvc(repo, "push", *push_targets(repo, push_merged))
+def push_cache(repo: str, push_merged: bool, profile: str = "") -> None:
+    dvc(repo, "push", *push_targets(repo, push_merged, profile))
 
 
 @flow(name="tunepipe-retrain", log_prints=True)
-def retrain(repo: str = ".", push: bool = True, retries: int = 2, retry_delay_seconds: float = 30) -> dict:
+def retrain(repo: str = ".", push: bool = True, retries: int = 2, retry_delay_seconds: float = 30,
+            profile: str = "") -> dict:
     """One retraining run; its artifacts: the scores, the report, and `dvc metrics diff` against the previous run."""
     repo = str(Path(repo).resolve())
     pulled = pull_cache(repo)
-    params = read_params(repo)
-    settings = retrain_settings(params)
-    followed = [f"download@{name}" for name in followed_sources(params)]  # re-fetched: DVC cannot see them move
-    summary = pipeline(repo=repo, retries=retries, retry_delay_seconds=retry_delay_seconds, force=followed)
+    settings = retrain_settings(read_params(repo))
+    followed = followed_sources(repo, stage_graph(repo, profile), profile)  # re-fetched: DVC cannot see them move
+    summary = pipeline(repo=repo, retries=retries, retry_delay_seconds=retry_delay_seconds, force=followed,
+                       profile=profile)
     if push:
-        push_cache(repo, settings["push_merged"])
+        push_cache(repo, settings["push_merged"], profile)
     diff = publish_metrics_diff(repo, settings["compare_to"])
     changed = [row for row in diff if row["change"] not in (None, 0)]
     print(f"cache {pulled}; re-fetched {followed or 'no followed source'}; {len(summary['ran'])} stages ran; "

@@ -2,7 +2,8 @@
 that `dvc exp show` gives afterwards. Each variant is a DVC experiment, so the cache skips every stage a
 variant does not change, and `dvc exp show`, `dvc exp apply` and `dvc exp push` work on them as usual.
 
-    python -m flows.sweep train.dialogsum-lora.learning_rate=0.0001,0.0003 train.dialogsum-lora.lora_r=4,8
+    python -m flows.sweep experiments/dialogsum-lora.yaml:train.learning_rate=0.0001,0.0003 \
+                          experiments/dialogsum-lora.yaml:train.lora.r=4,8
 """
 from __future__ import annotations
 
@@ -48,12 +49,15 @@ def experiment_rows(shown: list[dict], names: list[str], varied: list[str]) -> l
     rows = []
     for name in names:
         data = found.get(name, {})
-        params: dict[str, Any] = {}
-        for content in (data.get("params") or {}).values():
-            flatten("", content.get("data") or {}, params)
+        params: dict[str, Any] = {}  # "file:key" (how -S names a key of a file other than params.yaml) and "key"
+        for file, content in (data.get("params") or {}).items():
+            for key, value in flatten("", content.get("data") or {}, {}).items():
+                params[f"{file}:{key}"] = value
+                if file == "params.yaml":
+                    params[key] = value
         row: dict[str, Any] = {"experiment": name, **{key: params.get(key) for key in varied}}
         for path, content in sorted((data.get("metrics") or {}).items()):
-            stem = Path(path).stem if path.startswith("reports/metrics/") else path
+            stem = Path(path).stem if "reports/metrics/" in path else path
             for key, value in flatten("", content.get("data") or {}, {}).items():
                 row[f"{stem}: {key}"] = value
         rows.append(row)

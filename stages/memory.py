@@ -6,9 +6,11 @@ An out-of-memory crash an hour into a run costs the hour; this estimate costs a 
 - optimizer state: AdamW keeps two moments per trainable parameter (4 bytes each; 1 byte each for the
   8-bit paged optimizer);
 - activations: per layer, the s·b·h·(34 + 5·a·s/h) bytes of Korthikanti et al. (2022, "Reducing Activation
-  Recomputation in Large Transformer Models") for 16-bit activations, doubled for 32-bit; with gradient
-  checkpointing only each layer's input (2·s·b·h) is kept plus one layer's full set. The output logits,
-  their softmax and gradient add 3·s·b·vocab values.
+  Recomputation in Large Transformer Models") for 16-bit activations, doubled for 32-bit; the 5·a·s/h part
+  is the attention scores, which fused attention (PyTorch's SDPA, flash attention: transformers' default)
+  recomputes instead of keeping, so it counts only for eager attention. With gradient checkpointing only each
+  layer's input (2·s·b·h) is kept plus one layer's full set. The output logits, their softmax and gradient
+  add 3·s·b·vocab values. tests/test_training.py checks the activation term against a measured peak.
 It is an estimate of the peak, not a measurement: allocator slack and framework buffers come on top, so the
 stop triggers at `headroom` (90%) of the free memory.
 """
@@ -43,7 +45,8 @@ def estimate(model, batch_size: int, seq_len: int, optimizer: str, checkpointing
     activation_bytes = 2 if half_precision else 4
     trainable = [p for p in model.parameters() if p.requires_grad]
     tokens = batch_size * seq_len
-    per_layer = tokens * hidden * (34 + 5 * heads * seq_len / max(hidden, 1)) * activation_bytes / 2
+    scores = 5 * heads * seq_len / max(hidden, 1) if getattr(config, "_attn_implementation", "eager") == "eager" else 0
+    per_layer = tokens * hidden * (34 + scores) * activation_bytes / 2
     kept = layers * 2 * tokens * hidden + per_layer if checkpointing else layers * per_layer
     return {
         "weights": sum(p.numel() * p.element_size() for p in model.parameters())
@@ -57,10 +60,12 @@ def estimate(model, batch_size: int, seq_len: int, optimizer: str, checkpointing
 def free_bytes(device: str, processes: int = 1) -> int:
     """Memory a run can take: this process's free GPU memory, or its share of the available RAM (measured
     before the model loads, whose weights the estimate counts itself)."""
-    if device == "cuda":
+    if device == "cuda":  # this process's own GPU (under accelerate, its LOCAL_RANK), not always the first
         import torch
 
-        return int(torch.cuda.mem_get_info()[0])
+        from stages.modeling import local_gpu
+
+        return int(torch.cuda.mem_get_info(local_gpu())[0])
     import psutil
 
     return int(psutil.virtual_memory().available) // max(processes, 1)

@@ -10,8 +10,8 @@ stage fails saying by how much they differ; the result is saved as merge_check.j
 (stages/lora_shards.py), so a base larger than memory merges in about one shard's memory; the check then
 holds one model at a time. Other adapters (QLoRA, a head saved beside the adapter) merge as a whole model.
 The output carries the base's tokenizer, chat template and generation config, and a model card (README.md)
-naming the base, adapter, data and params that made it. Exists only for experiments listed in params.yaml
-`merge`.
+naming the base, adapter, data and params that made it. Exists only for experiments whose file says
+`merge: true` (or gives merge settings).
 """
 from __future__ import annotations
 
@@ -25,13 +25,12 @@ import yaml
 from stages.common import (
     StageError,
     atomic_dir,
-    load_experiment,
-    load_params,
     one_item,
     pin_threads,
     run_stage,
     write_json,
 )
+from stages.settings import load_experiment, where as setting
 from stages.lora_shards import merge_by_shard, unsupported
 from stages.modeling import MERGEABLE, load_base, load_trained, read_recipe
 
@@ -67,12 +66,12 @@ def choose_by_shard(setting: Any, method: str, trained: Path, base: Path, dtype:
 
 def model_card(experiment: str, setup: dict, recipe: dict, check: dict, by_shard: bool, trained: Path) -> str:
     """What made this model, for whoever receives it: names and hashes only (no paths, no credentials)."""
-    train = load_params("train", experiment)
+    train = setup["train"]
     shown = {k: v for k, v in train.items() if k not in ("threads", "memory_limit_gb", "accelerate_config")}
     adapter = hashlib.sha256((trained / "adapter_model.safetensors").read_bytes()).hexdigest()
     lines = [f"# {experiment} (merged)", "",
              f"- base: `{setup['model']}` (this pipeline's models/base/{setup['model']}; its source and pin are "
-             f"params.yaml fetch_model.{setup['model']})",
+             f"params.yaml models.{setup['model']})",
              f"- adapter: {setup['method']} on a {setup['kind']} model, adapter_model.safetensors sha256 `{adapter}`",
              f"- data: `{setup['dataset']}`, train and validation splits sha256 `{recipe.get('data_sha256', 'unknown')}`",
              f"- merge: {'shard by shard' if by_shard else 'whole model'} in {check['dtype']}; logits on "
@@ -84,12 +83,12 @@ def model_card(experiment: str, setup: dict, recipe: dict, check: dict, by_shard
 
 def main(argv: list[str]) -> None:
     experiment = one_item(argv, "merge")
-    setup = load_experiment(experiment)
-    params = load_params("merge", experiment, required=("tolerance",))
-    where = f"params.yaml merge.{experiment}"
+    setup = load_experiment(experiment, "merge")
+    params = setup["merge"]
+    where = setting(experiment, "merge")
     if setup["method"] not in MERGEABLE:
         raise StageError(f"{where}: method '{setup['method']}' has no low-rank update to merge "
-                         f"(merge applies to {', '.join(MERGEABLE)}); remove this entry")
+                         f"(merge applies to {', '.join(MERGEABLE)}); remove merge from the file")
     base = Path("models/base") / setup["model"]
     trained = Path("models/trained") / experiment
     recipe = read_recipe(trained)
@@ -97,8 +96,8 @@ def main(argv: list[str]) -> None:
     if dtype not in DTYPES:
         raise StageError(f"{where}.dtype: one of {', '.join(DTYPES)}, not {dtype!r}")
     if setup["method"] == "qlora" and dtype != "float32":  # its base de-quantizes to its compute dtype
-        raise StageError(f"{where}.dtype: a QLoRA merge de-quantizes to experiments.{experiment}.qlora."
-                         f"compute_dtype; leave dtype out")
+        raise StageError(f"{where}.dtype: a QLoRA merge de-quantizes to the experiment's qlora.compute_dtype; "
+                         f"leave dtype out")
     by_shard = choose_by_shard(params.get("by_shard", "auto"), setup["method"], trained, base, dtype, where)
 
     from transformers import AutoTokenizer

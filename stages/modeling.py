@@ -4,7 +4,7 @@ A kind says what the model is and what rows it reads; a method says which weight
 
 | kind          | loads with                          | reads rows                      | predicts by | methods                          |
 |---------------|-------------------------------------|---------------------------------|-------------|----------------------------------|
-| causal_lm     | AutoModelForCausalLM                | instruction (or rendered)       | generation  | lora, qlora, prompt_tuning, full |
+| causal_lm     | AutoModelForCausalLM                | instruction, chat, text, or rendered | generation | lora, qlora, prompt_tuning, full |
 | seq2seq       | AutoModelForSeq2SeqLM               | instruction (or rendered)       | generation  | lora, qlora, prompt_tuning, full |
 | token_head    | AutoModelForTokenClassification     | tokens (IOB2 tags)              | its head    | lora, full                       |
 | sequence_head | AutoModelForSequenceClassification  | labelled (text, optional pair)  | its head    | lora, prompt_tuning, full        |
@@ -12,7 +12,7 @@ A kind says what the model is and what rows it reads; a method says which weight
 Saved weights, always safetensors: lora / qlora / prompt_tuning -> a peft adapter (a head's new classifier is
 saved with it through modules_to_save); full -> the whole model. `recipe.json` beside them records kind,
 method, label order and 4-bit settings, so `load_trained` rebuilds the model from the folder alone.
-Checking params imports nothing heavy, so a bad experiment fails in well under a second.
+Nothing heavy is imported at module level, so checking an experiment against these tables takes no time.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class Kind:
 
 
 KINDS = {
-    "causal_lm": Kind("AutoModelForCausalLM", "CAUSAL_LM", ("instruction", "labelled"), True,
+    "causal_lm": Kind("AutoModelForCausalLM", "CAUSAL_LM", ("instruction", "labelled", "chat", "text"), True,
                       ("lora", "qlora", "prompt_tuning", "full")),
     "seq2seq": Kind("AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM", ("instruction", "labelled"), True,
                     ("lora", "qlora", "prompt_tuning", "full")),
@@ -47,43 +47,12 @@ KINDS = {
 METHODS = ("lora", "qlora", "prompt_tuning", "full")
 ADAPTER_METHODS = ("lora", "qlora", "prompt_tuning")
 MERGEABLE = ("lora", "qlora")
-METRICS = ("rouge_any", "ner_seqeval", "label_match", "refusal")
-QLORA_DEFAULTS = {"quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+METRICS = ("rouge_any", "ner_seqeval", "label_match", "refusal", "perplexity")
 BITSANDBYTES_CPU_4BIT = (0, 48)  # the first releases that load nf4 weights on a CPU as well as on CUDA
 RECIPE = "recipe.json"
 
 
-# --- params: checked before anything heavy is imported ------------------------------------------------------
-
-def check_experiment(name: str, setup: dict[str, Any]) -> Kind:
-    """One line naming the key for an unknown kind, method or metric, or a method the kind cannot take."""
-    where = f"params.yaml experiments.{name}"
-    kind = setup["kind"]
-    if kind not in KINDS:
-        raise StageError(f"{where}.kind: unknown model kind '{kind}' (known: {', '.join(KINDS)})")
-    method = setup["method"]
-    if method not in METHODS:
-        raise StageError(f"{where}.method: unknown training method '{method}' (known: {', '.join(METHODS)})")
-    if method not in KINDS[kind].methods:
-        raise StageError(f"{where}.method: '{method}' does not fit model kind '{kind}' "
-                         f"(a {kind} takes {', '.join(KINDS[kind].methods)})")
-    if setup["metric"] not in METRICS:
-        raise StageError(f"{where}.metric: unknown metric '{setup['metric']}' (known: {', '.join(METRICS)})")
-    if method == "qlora":
-        check_bitsandbytes(f"{where}.method")
-        qlora = setup.get("qlora") or {}
-        unknown = sorted(set(qlora) - set(QLORA_DEFAULTS))
-        if unknown:
-            raise StageError(f"{where}.qlora: unknown keys {unknown} (known: {', '.join(QLORA_DEFAULTS)})")
-        if qlora.get("compute_dtype", "float32") not in ("float32", "bfloat16", "float16"):
-            raise StageError(f"{where}.qlora.compute_dtype: '{qlora['compute_dtype']}' is not float32, bfloat16 "
-                             f"or float16")
-        if qlora.get("quant_type", "nf4") not in ("nf4", "fp4"):
-            raise StageError(f"{where}.qlora.quant_type: '{qlora['quant_type']}' is not nf4 or fp4")
-    elif setup.get("qlora"):
-        raise StageError(f"{where}.qlora: 4-bit settings need method qlora, not '{method}'")
-    return KINDS[kind]
-
+# --- params: the experiment files are checked against these tables (stages/schema.py) ----------------------
 
 def check_bitsandbytes(where: str) -> None:
     """QLoRA needs bitsandbytes able to load 4-bit weights here: say so now, not after minutes of setup."""
@@ -152,11 +121,54 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def placement() -> str | int:
-    """Where a 4-bit model loads (it cannot move afterwards): this process's own GPU when several train."""
+def local_gpu() -> int:
+    """This process's GPU: its rank on this machine under accelerate/torchrun, else the first visible one."""
     import os
 
-    return int(os.environ.get("LOCAL_RANK", 0)) if device() == "cuda" else "cpu"
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def placement() -> str | int:
+    """Where a 4-bit model loads (it cannot move afterwards): this process's own GPU when several train."""
+    return local_gpu() if device() == "cuda" else "cpu"
+
+
+def resolved_precision(requested: str | None) -> str:
+    """`auto`: bf16 on a GPU that computes in it natively (compute capability 8.0, Ampere, and later), fp16 on
+    an older one, fp32 on a CPU. torch.cuda.is_bf16_supported() alone also says yes where bf16 is only
+    emulated (a V100 or T4), which trains several times slower than fp16 there."""
+    import torch
+
+    if requested not in (None, "auto"):
+        return requested
+    if not torch.cuda.is_available():
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+
+
+def device_description() -> str:
+    """What this process computes on, as the recipe and the checkpoints record it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    index = local_gpu()
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"cuda:{index} {torch.cuda.get_device_name(index)} (compute capability {major}.{minor})"
+
+
+def one_process_one_gpu(processes: int) -> None:
+    """With `processes: 1` on a machine with several GPUs, show this process only the first: the Trainer
+    would otherwise wrap the model in DataParallel over all of them (another batch size, other results)
+    without being asked. Runs before CUDA starts (device_count reads NVML and starts nothing)."""
+    import os
+
+    import torch
+
+    if processes != 1 or os.environ.get("LOCAL_RANK") is not None or torch.cuda.device_count() <= 1:
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[0] if visible else "0"
 
 
 def attach_method(model, kind: str, method: str, params: dict[str, Any], base: Path):
@@ -170,9 +182,13 @@ def attach_method(model, kind: str, method: str, params: dict[str, Any], base: P
         lora = params["lora"]
         if method == "qlora":  # norms in fp32, inputs that carry gradients, gradient checkpointing
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-        config = LoraConfig(r=int(lora["r"]), lora_alpha=int(lora["alpha"]), lora_dropout=float(lora["dropout"]),
-                            target_modules=list(lora["target_modules"]), bias=lora.get("bias", "none"),
-                            modules_to_save=lora.get("modules_to_save"), task_type=task)
+        alpha = float(lora["alpha"])
+        targets = lora.get("target_modules")  # None: peft's choice for the architecture (q and v projections)
+        config = LoraConfig(r=int(lora["r"]), lora_alpha=int(alpha) if alpha.is_integer() else alpha,
+                            lora_dropout=float(lora["dropout"]),
+                            target_modules=list(targets) if isinstance(targets, list) else targets,
+                            bias=lora.get("bias") or "none", modules_to_save=lora.get("modules_to_save"),
+                            use_rslora=bool(lora.get("use_rslora")), use_dora=bool(lora.get("use_dora")), task_type=task)
     else:  # prompt_tuning: virtual tokens, from a text (as the seeds did) or at random
         prompt = params["prompt_tuning"]
         text = prompt.get("init_text")
@@ -183,15 +199,17 @@ def attach_method(model, kind: str, method: str, params: dict[str, Any], base: P
 
 
 def save_trained(model, out: Path, kind: str, method: str, labels: list[str] | None,
-                 qlora: dict[str, Any] | None, state_dict: dict | None = None, data_sha256: str | None = None) -> None:
+                 qlora: dict[str, Any] | None, state_dict: dict | None = None, data_sha256: str | None = None,
+                 run: dict[str, str] | None = None) -> None:
     """`state_dict`: the weights gathered from every process (FSDP and DeepSpeed shard them);
-    `data_sha256`: the train and validation splits trained on, for the merged model's card."""
+    `data_sha256`: the train and validation splits trained on, for the merged model's card; `run`: the
+    precision and device it trained in, as resolved."""
     model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     (out / "README.md").unlink(missing_ok=True)  # peft's generated card: boilerplate, not our record
     if method in ADAPTER_METHODS:
         canonical_adapter_config(out / "adapter_config.json")
     write_json(out / RECIPE, {"kind": kind, "method": method, "labels": labels, "qlora": qlora,
-                              "data_sha256": data_sha256})
+                              "data_sha256": data_sha256, **(run or {})})
 
 
 def canonical_adapter_config(path: Path) -> None:

@@ -25,55 +25,38 @@ from tqdm import tqdm
 
 from stages.common import (
     StageError,
-    load_experiment,
-    load_params,
     pin_threads,
+    source_id,
     read_jsonl,
     read_labels,
     run_stage,
     write_json,
     write_jsonl,
 )
+from stages.settings import load_experiment
 from stages.modeling import cut_middle, device, load_base, load_tokenizer, load_trained, model_context
 
 WHICH = ("before", "after")
-DECODING = {"do_sample": bool, "temperature": float, "top_p": float, "top_k": int, "seed": int,
-            "repetition_penalty": float, "no_repeat_ngram_size": int, "stop": list}
-RANGES = {"temperature": (0, None), "top_p": (0, 1), "top_k": (1, None), "repetition_penalty": (0, None),
-          "no_repeat_ngram_size": (1, None)}  # (exclusive low for floats / inclusive low for ints, inclusive high)
-
-
-def decoding_settings(params: dict[str, Any], where: str) -> dict[str, Any]:
-    """generate()'s keyword arguments from predict.<exp>: greedy unless sampling is asked for."""
+def decoding_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """generate()'s keyword arguments from the experiment's `predict`: greedy unless sampling is asked for
+    (the config stage has checked them: types, ranges, a seed for sampling)."""
     decoding = dict(params.get("decoding") or {})
-    unknown = sorted(set(decoding) - set(DECODING))
-    if unknown:
-        raise StageError(f"{where}.decoding: unknown {', '.join(unknown)} (known: {', '.join(DECODING)})")
-    for key, value in decoding.items():
-        kind = DECODING[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = decoding[key] = float(value)  # transformers checks isinstance(x, float): 2 means 2.0
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise StageError(f"{where}.decoding.{key}: expected a {kind.__name__}, got {value!r}")
-        low, high = RANGES.get(key, (None, None))
-        if (low is not None and (value <= low if kind is float else value < low)) or (high is not None and value > high):
-            raise StageError(f"{where}.decoding.{key}: {value!r} is out of range")
-    if not all(isinstance(stop, str) and stop for stop in decoding.get("stop", [])):
-        raise StageError(f"{where}.decoding.stop: a list of non-empty strings, got {decoding['stop']!r}")
-    sampling = decoding.get("do_sample", False)
-    if not sampling and any(k in decoding for k in ("temperature", "top_p", "top_k", "seed")):
-        raise StageError(f"{where}.decoding: temperature/top_p/top_k/seed apply only with do_sample: true")
-    if sampling and "seed" not in decoding:
-        raise StageError(f"{where}.decoding: sampling needs a seed, so the same params give the same outputs")
-    return {"max_new_tokens": int(params["max_new_tokens"]), "do_sample": sampling,
-            **{k: v for k, v in decoding.items() if k not in ("do_sample", "seed")},
-            **({"seed": decoding["seed"]} if sampling else {})}
+    sampling = bool(decoding.pop("do_sample", False))
+    seed = decoding.pop("seed", None)
+    return {"max_new_tokens": int(params["max_new_tokens"]), "do_sample": sampling, **decoding,
+            **({"seed": seed} if sampling else {})}
+
+
+def answer_of(record: dict[str, Any]) -> str:
+    return record["messages"][-1]["content"] if record["kind"] == "chat" else record["output"]
 
 
 def reference_for(metric: str, record: dict[str, Any]) -> Any:
     """What the experiment's metric compares a prediction with."""
+    if metric == "perplexity":  # the row's own tokens are what is scored: the text they come from
+        return record["text"] if record["kind"] == "text" else answer_of(record)
     if metric == "rouge_any":
-        return record.get("references") or [record["output"]]  # DialogSum test rows have three
+        return record.get("references") or [answer_of(record)]  # DialogSum test rows have three
     if metric == "label_match":
         return record["label"]
     if metric == "refusal":
@@ -82,6 +65,10 @@ def reference_for(metric: str, record: dict[str, Any]) -> Any:
 
 
 def shown_input(record: dict[str, Any]) -> str:
+    if record["kind"] == "chat":  # the conversation up to the answer the model gives
+        return "\n".join(f"{turn['role']}: {turn['content']}" for turn in record["messages"][:-1])
+    if record["kind"] == "text":
+        return record["text"]
     if record["kind"] == "tokens":
         return " ".join(record["tokens"])
     if record["kind"] == "labelled":
@@ -129,6 +116,34 @@ def generate(model, tokenizer, rows: list[dict], params: dict, settings: dict, e
     return answers
 
 
+def likelihoods(model, tokenizer, rows: list[dict], params: dict, encoder_decoder: bool) -> dict[str, dict]:
+    """Each row's summed negative log-likelihood of its labelled tokens and their count (metrics/perplexity)."""
+    import torch
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    scores = {}
+    for batch in batches(rows, int(params["batch_size"]), "likelihood"):
+        if encoder_decoder:  # the prompt to the encoder, the labels to the decoder
+            inputs = [row["input_ids"][:row["prompt_length"]] for row in batch]
+            targets = [row["labels"] for row in batch]
+        else:
+            inputs, targets = [row["input_ids"] for row in batch], [row["labels"] for row in batch]
+        width, label_width = max(map(len, inputs)), max(map(len, targets))
+        ids = torch.tensor([x + [pad_id] * (width - len(x)) for x in inputs], device=model.device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in inputs], device=model.device)
+        labels = torch.tensor([y + [-100] * (label_width - len(y)) for y in targets], device=model.device)
+        with torch.no_grad():
+            if encoder_decoder:
+                logits = model(input_ids=ids, attention_mask=mask, labels=labels.clamp(min=0)).logits
+            else:  # position t predicts token t + 1
+                logits, labels = model(input_ids=ids, attention_mask=mask).logits[:, :-1], labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
+                                                reduction="none").sum(-1)
+        for row, total, count in zip(batch, nll.tolist(), (labels != -100).sum(-1).tolist()):
+            scores[row["id"]] = {"nll": round(total, 6), "tokens": int(count)}
+    return scores
+
+
 def classify(model, tokenizer, rows: list[dict], params: dict, labels: list[str]) -> dict[str, Any]:
     """A label per row (sequence head) or a tag per word from its first sub-token (token head)."""
     import torch
@@ -157,10 +172,9 @@ def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in WHICH:
         raise StageError(f"usage: python -m stages.predict <experiment> {{{'|'.join(WHICH)}}}")
     experiment, which = argv
-    setup = load_experiment(experiment)
-    required = ("batch_size", "max_new_tokens") if setup["generates"] else ("batch_size",)
-    params = load_params("predict", experiment, required=required)
-    settings = decoding_settings(params, f"params.yaml predict.{experiment}") if setup["generates"] else {}
+    setup = load_experiment(experiment, "predict")
+    params = setup.pop("predict")
+    settings = decoding_settings(params) if setup["generates"] else {}
 
     from datasets import load_from_disk
     from transformers import set_seed
@@ -187,9 +201,12 @@ def main(argv: list[str]) -> None:
         raise StageError(f"{test_split}: the test split has no rows to predict (see convert's ledger)")
     rows = load_from_disk(str(test_split)).to_list()
     rows = sorted(rows, key=lambda row: row["id"])[: params.get("max_rows") or None]
-    records = {r["id"]: r for r in read_jsonl(Path("data/converted") / setup["dataset"] / "test.jsonl")}
+    converted = {r["id"]: r for r in read_jsonl(Path("data/converted") / setup["dataset"] / "test.jsonl")}
+    records = {row["id"]: converted[source_id(row["id"])] for row in rows}  # a long text's pieces share one
     cut = 0
-    if setup["generates"]:
+    if setup["metric"] == "perplexity":
+        predictions = likelihoods(model, tokenizer, rows, params, bool(getattr(model.config, "is_encoder_decoder", False)))
+    elif setup["generates"]:
         encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
         if not encoder_decoder:  # the new tokens need positions too: a prompt gives up its middle for them
             room = model_context(base, tokenizer) - int(params["max_new_tokens"])
@@ -206,7 +223,8 @@ def main(argv: list[str]) -> None:
     out = Path("data/predictions") / experiment / f"{which}.jsonl"
 
     def prompt(row: dict) -> str | None:  # what the model was given, chat template and any cut included
-        return tokenizer.decode(row["input_ids"][:row["prompt_length"]]) if setup["generates"] else None
+        scored = setup["generates"] and setup["metric"] != "perplexity"
+        return tokenizer.decode(row["input_ids"][:row["prompt_length"]]) if scored else None
 
     write_jsonl(out, ({"id": row["id"], "input": shown_input(records[row["id"]]), "prompt": prompt(row),
                        "prediction": predictions[row["id"]],

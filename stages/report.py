@@ -1,12 +1,12 @@
-"""report: <report.dir>/README.md (reports/ by default) with every experiment's before and after, by task.
+"""report: reports/README.md (in the profile's folder) with every experiment's before and after, by task.
 
 Reads only what tokenize, train, predict and score wrote, so it re-runs in seconds and never touches a
 model. Experiments of one task sit in one table (a head beside instruction tuning and prompt tuning on the
 same test rows, which this stage checks), with the seeds' published figures beside them, labelled as other
 models and data. Writes plots/ (loss curves, a before/after chart) and scores.csv (the
 chart's numbers, a DVC plot). Says which profile ran: the embedded default shows the mechanics in
-minutes, not a quality gain. `report.targets` (the real profile's) adds a table of goals, each met or
-missed.
+minutes, not a quality gain. An experiment's `targets:` (the real profile's) add a table of goals, each
+met or missed.
 """
 from __future__ import annotations
 
@@ -16,18 +16,12 @@ import operator
 from pathlib import Path
 from typing import Any
 
-from stages.common import (
-    StageError,
-    atomic_file,
-    load_experiment,
-    load_params,
-    read_jsonl,
-    require_keys,
-    run_stage,
-)
+from stages.common import CODE_ROOT, StageError, atomic_file, load_params, read_jsonl, require_keys, run_stage
+from stages.settings import experiment_names, load_experiment, where as setting
 
-METRICS = Path("metrics")
-HEADLINE = {"rouge_any": "rougeL", "ner_seqeval": "f1", "label_match": "accuracy", "refusal": "refusal_recall"}
+METRICS = CODE_ROOT / "metrics"
+HEADLINE = {"rouge_any": "rougeL", "ner_seqeval": "f1", "label_match": "accuracy", "refusal": "refusal_recall",
+            "perplexity": "perplexity"}  # perplexity: lower is better
 SCALE = {"ner_seqeval": "fraction"}  # seqeval reports 0-1 (as the NER literature does); the others ×100
 EXAMPLES = 3
 
@@ -170,27 +164,18 @@ COMPARE = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator
 
 
 def target_table(targets: dict[str, dict[str, str]], metrics: dict[str, Any]) -> list[str]:
-    """`report.targets`: {experiment: {score: ">= 82" | "<= 10" | "> before"}}: each goal met or missed, in
-    the report itself (an experiment left out by --only is left out here too, its goals still checked)."""
+    """Each experiment's `targets`: {score: ">= 82" | "<= 10" | "> before"}: each goal met or missed, in the
+    report itself (the config stage has checked how each goal is written)."""
     lines = ["## Targets", "", "| experiment | score | target | before | after | met? |",
              "|---|---|---|---:|---:|---|"]
     for name, goals in targets.items():
-        for key, goal in (goals or {}).items():
-            where = f"params.yaml report.targets.{name}.{key}"
+        for key, goal in goals.items():
             op, _, bound = str(goal).partition(" ")
-            if op not in COMPARE or not bound:
-                raise StageError(f"{where}: {goal!r} is not '<op> <number>' or '<op> before' "
-                                 f"(op one of {' '.join(COMPARE)})")
-            try:
-                limit = None if bound == "before" else float(bound)
-            except ValueError:
-                raise StageError(f"{where}: {bound!r} is neither a number nor 'before'") from None
-            if name not in metrics:
-                continue
             if key not in metrics[name]["after"]:
-                raise StageError(f"{where}: {name} has no score {key!r} (it has {', '.join(metrics[name]['after'])})")
+                raise StageError(f"{setting(name, 'targets')}.{key}: {name} has no score {key!r} "
+                                 f"(it has {', '.join(metrics[name]['after'])})")
             before, after = metrics[name]["before"][key], metrics[name]["after"][key]
-            met = COMPARE[op](after, before if limit is None else limit)
+            met = COMPARE[op](after, before if bound == "before" else float(bound))
             lines.append(f"| [{name}](#{name}) | {key} | {goal} | {fmt(before)} | {fmt(after)} | "
                          f"{'yes' if met else '**missed**'} |")
     return lines + [""]
@@ -209,9 +194,9 @@ def metric_definitions(names: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> None:
     params = load_params("report")
-    require_keys(params, "params.yaml report", "profile", "note", "dir")
-    out = Path(params["dir"])  # reports/ by default; the real profile writes reports/real/
-    setups = {name: load_experiment(name) for name in load_params("experiments")}
+    require_keys(params, "params.yaml report", "profile", "note")
+    out = Path("reports")
+    setups = {name: load_experiment(name, "report") for name in experiment_names()}
     metrics = {name: read_json(Path("reports/metrics") / f"{name}.json") for name in setups}
     tasks: dict[str, list[str]] = {}
     for name, setup in setups.items():
@@ -233,10 +218,12 @@ def main(argv: list[str]) -> None:
     lines = ["# Results", "", f"Profile: **{params['profile']}**. {params['note'].strip()}", "",
              "Each experiment is scored before training (zero-shot for a language model, a new untrained head "
              "for a classifier) and after, on the same test rows. ROUGE, accuracy, F1 and refusal rates are "
-             "×100; seqeval scores are fractions. Every metric is defined in the docstring of its module in "
-             "`metrics/`.", "", f"![before and after]({figure.relative_to(out).as_posix()})", ""]
-    if params.get("targets"):
-        lines += target_table(params["targets"], metrics)
+             "×100; seqeval scores are fractions" + ("; perplexity is lower when better" if any(
+                 setup["metric"] == "perplexity" for setup in setups.values()) else "") + ". Every metric is "
+             "defined in the docstring of its module in `metrics/`.", "", f"![before and after]({figure.relative_to(out).as_posix()})", ""]
+    targets = {name: setup["targets"] for name, setup in setups.items() if setup.get("targets")}
+    if targets:
+        lines += target_table(targets, metrics)
     for task, names in tasks.items():
         lines += [f"## {task}", ""] + task_table(names, setups, metrics, params.get("seeds") or {}, task)
     lines += ["## Every experiment", ""]

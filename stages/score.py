@@ -2,7 +2,7 @@
 
 Metrics are `evaluate` modules shipped in metrics/<name>/ and loaded by path (hub metric scripts cannot be
 fetched offline); users can load the same modules in a notebook with `evaluate.load("metrics/<name>")`.
-Each module's docstring defines its numbers. params.yaml score.<experiment> holds the metric's options
+Each module's docstring defines its numbers. The experiment's `score:` holds the metric's options
 (verbaliser synonyms, refusal phrases, stemming), passed to `compute` as they are. Both predictions must
 cover the same rows, which this stage checks; `gain` is after minus before for every score.
 """
@@ -11,18 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stages.common import (
-    StageError,
-    load_experiment,
-    load_params,
-    one_item,
-    read_jsonl,
-    read_labels,
-    run_stage,
-    write_json,
-)
+from stages.common import CODE_ROOT, StageError, one_item, read_jsonl, read_labels, run_stage, write_json
+from stages.settings import load_experiment, where as setting
 
-METRICS_DIR = Path("metrics")
+METRICS_DIR = CODE_ROOT / "metrics"
 
 
 def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
@@ -42,8 +34,8 @@ def score_rows(metric, rows: list[dict[str, Any]], options: dict[str, Any]) -> d
 
 def main(argv: list[str]) -> None:
     experiment = one_item(argv, "score")
-    setup = load_experiment(experiment)
-    options = dict(load_params("score", experiment) or {})
+    setup = load_experiment(experiment, "score")
+    options = dict(setup.pop("score", None) or {})
     if setup["metric"] == "label_match":  # a head may predict a label that no test row has
         options.setdefault("labels", read_labels(setup))
     folder = Path("data/predictions") / experiment
@@ -60,7 +52,7 @@ def main(argv: list[str]) -> None:
         scores = {which: score_rows(metric, [rows[i] for i in ids], options)
                   for which, rows in (("before", before), ("after", after))}
     except (TypeError, ValueError) as err:  # an option the metric does not take, or a bad value for one
-        raise StageError(f"params.yaml score.{experiment}: {err}") from None
+        raise StageError(f"{setting(experiment, 'score')}: {err}") from None
     scores["gain"] = {name: round(scores["after"][name] - value, 4)
                       for name, value in scores["before"].items() if isinstance(value, float)}
     write_json(Path("reports/metrics") / f"{experiment}.json", {"rows": len(ids), **scores})

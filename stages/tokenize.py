@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -31,10 +32,9 @@ from datasets.table import MemoryMappedTable
 from tqdm import tqdm
 
 from stages.common import (
+    PART,
     StageError,
     atomic_dir,
-    load_experiment,
-    load_params,
     one_item,
     iter_jsonl,
     read_labels,
@@ -43,11 +43,15 @@ from stages.common import (
     write_json,
     write_jsonl,
 )
+from stages.settings import load_experiment, where as setting
 from stages.modeling import cut_middle, model_context
 
 SPLITS = ("train", "validation", "test")
 IGNORE = -100  # label id that torch's cross-entropy skips
 CHUNK_ROWS = 1000  # records per batched tokenizer call and per Arrow write
+NOT_A_PREFIX = ("the chat template renders the prompt differently with and without the answer (or a turn "
+                "differently once later turns follow); labels cannot be masked on the prompt for this model "
+                "(tokenize.chat_template sets another template)")
 
 
 def render_prompt(record: dict[str, Any], template: dict[str, Any], where: str) -> dict[str, Any]:
@@ -77,46 +81,102 @@ def _causal_row(ids: list[int], prompt_length: int) -> dict[str, Any]:
     return {"input_ids": ids, "labels": [IGNORE] * prompt_length + ids[prompt_length:], "prompt_length": prompt_length}
 
 
-def _prompt_end(prompt: str, full: str, encoding) -> int | None:
-    """How many leading tokens of `full` are the prompt's, asked of the Rust encoding (character to token);
-    None when the rendered prompt is not a prefix of the full text or no token starts where it ends (then
-    the prompt is tokenized on its own, as apply_chat_template would)."""
-    if not full.startswith(prompt):
-        return None
-    if len(prompt) == len(full):
-        return len(encoding.ids)
-    cut = encoding.char_to_token(len(prompt))
-    return cut if cut is not None and encoding.token_to_chars(cut)[0] == len(prompt) else None
+def conversation(record: dict[str, Any], system: str | None) -> list[dict[str, str]]:
+    """A record as chat turns: an instruction is one user turn and its answer; a system prompt opens it
+    (the record's own, else tokenize.system_prompt) unless the conversation brings one."""
+    if record["kind"] == "chat":
+        turns = list(record["messages"])
+    else:
+        turns = [{"role": "user", "content": prompt_text(record)}, {"role": "assistant", "content": record["output"]}]
+        system = record.get("system") or system
+    return ([{"role": "system", "content": system}] if system and turns[0]["role"] != "system" else []) + turns
+
+
+def token_at(prefix: str, full: str, ids: list[int], encoding, tokenizer) -> int:
+    """How many leading tokens of `full` render `prefix`, asked of the Rust encoding (character to token);
+    where no token starts there, `prefix` is tokenized on its own, as apply_chat_template would, and must
+    be a prefix of the row's tokens."""
+    if not full.startswith(prefix):
+        raise StageError(NOT_A_PREFIX)
+    if len(prefix) == len(full):
+        return len(ids)
+    if encoding is not None:
+        cut = encoding.char_to_token(len(prefix))
+        if cut is not None and encoding.token_to_chars(cut)[0] == len(prefix):
+            return cut
+    prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    if ids[:len(prefix_ids)] != prefix_ids:
+        raise StageError(NOT_A_PREFIX)
+    return len(prefix_ids)
+
+
+def turn_end(agree: int, full: str, ids: list[int], encoding, tokenizer) -> int:
+    """The first token not wholly inside full[:agree] (the end of an assistant turn): the two renderings
+    may agree a few characters into the next token ("<|" of "<|user|>" and of "<|endoftext|>")."""
+    if agree >= len(full):
+        return len(ids)
+    if encoding is not None and (token := encoding.char_to_token(agree)) is not None:
+        return token
+    prefix_ids = tokenizer(full[:agree], add_special_tokens=False)["input_ids"]
+    return next((n for n, (a, b) in enumerate(zip(prefix_ids, ids)) if a != b), min(len(prefix_ids), len(ids)))
+
+
+def encode_text(tokenizer, records: list[dict[str, Any]]) -> list[dict]:
+    """Plain text: every token is learnt (nothing to mask), the document ends with end-of-sequence."""
+    ids = tokenizer([r["text"] for r in records], add_special_tokens=True)["input_ids"]
+    return [{"input_ids": row + [tokenizer.eos_token_id], "labels": row + [tokenizer.eos_token_id], "prompt_length": 0}
+            for row in ids]
 
 
 def encode_causal(tokenizer, records: list[dict[str, Any]], params: dict[str, Any], labels: list[str]) -> list[dict]:
+    """Chat-templated conversations with the loss on the assistant's turns only (every one, or with
+    `assistant_turns: last` the final one), each turn's end-of-turn token included: the model learns to
+    stop. User turns, system prompts and the template's own markup are masked (-100)."""
+    texts = [r for r in records if r["kind"] == "text"]
+    if texts:
+        if len(texts) < len(records):  # plain text mixed with conversations: one call each
+            return [row for r in records for row in encode_causal(tokenizer, [r], params, labels)]
+        return encode_text(tokenizer, records)
     if not tokenizer.chat_template:  # a base model with no chat template: plain prompt, answer, end-of-sequence
+        if any(r["kind"] == "chat" for r in records):
+            raise StageError("multi-turn chat rows need a chat template, and this model has none: set "
+                             "tokenize.chat_template (a Jinja template)")
         prompts = tokenizer([prompt_text(r) + "\n\n" for r in records], add_special_tokens=True)["input_ids"]
         answers = tokenizer([r["output"] for r in records], add_special_tokens=False)["input_ids"]
         return [_causal_row(p + a + [tokenizer.eos_token_id], len(p)) for p, a in zip(prompts, answers)]
-    system = params.get("system_prompt")
-    asks = [([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": prompt_text(record)}] for record in records]
-    prompts = tokenizer.apply_chat_template(asks, add_generation_prompt=True, tokenize=False)
-    fulls = tokenizer.apply_chat_template([ask + [{"role": "assistant", "content": record["output"]}]
-                                           for ask, record in zip(asks, records)], tokenize=False)
+    chats = [conversation(record, params.get("system_prompt")) for record in records]
+    render = tokenizer.apply_chat_template
+    fulls = render(chats, tokenize=False)
     # apply_chat_template(tokenize=True) is the tokenizer on the rendered text with no special tokens added;
-    # one batched call runs on all of the Rust tokenizer's threads; the Rust encodings say where the prompt
-    # ends (read directly: converting every row's offsets to Python lists would cost as much as tokenizing)
+    # one batched call runs on all of the Rust tokenizer's threads; the Rust encodings say where each turn
+    # starts (read directly: converting every row's offsets to Python lists would cost as much as tokenizing)
     if tokenizer.is_fast:
         encoded = [(e.ids, e) for e in tokenizer.backend_tokenizer.encode_batch(fulls, add_special_tokens=False)]
     else:
         encoded = [(ids, None) for ids in tokenizer(fulls, add_special_tokens=False)["input_ids"]]
+    turns = [[i for i, turn in enumerate(chat) if turn["role"] == "assistant"] for chat in chats]
+    if params.get("assistant_turns") == "last":
+        turns = [answers[-1:] for answers in turns]
+    # every prompt before an assistant turn (generation prompt included) and every conversation through it,
+    # rendered in two batched calls
+    before = iter(render([chat[:i] for chat, answers in zip(chats, turns) for i in answers],
+                         add_generation_prompt=True, tokenize=False))
+    through = iter(render([chat[:i + 1] for chat, answers in zip(chats, turns) for i in answers], tokenize=False))
     rows = []
-    for prompt, full, (ids, encoding) in zip(prompts, fulls, encoded):
-        cut = _prompt_end(prompt, full, encoding) if encoding is not None else None
-        if cut is None:
-            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            if ids[:len(prompt_ids)] != prompt_ids:
-                raise StageError("the chat template renders the prompt differently with and without the answer; "
-                                 "labels cannot be masked on the prompt for this model")
-            cut = len(prompt_ids)
-        rows.append(_causal_row(ids, cut))
+    for full, (ids, encoding), answers in zip(fulls, encoded, turns):
+        masked = [IGNORE] * len(ids)
+        start = 0
+        for _ in answers:
+            prompt, answered = next(before), next(through)
+            start = token_at(prompt, full, ids, encoding, tokenizer)
+            # the turn ends where the conversation through it stops agreeing with the whole one: a template
+            # that closes a conversation with end-of-sequence (Phi-3) adds it after the last turn only
+            agree = len(os.path.commonprefix([answered, full]))
+            if agree <= len(prompt):
+                raise StageError(NOT_A_PREFIX)
+            end = turn_end(agree, full, ids, encoding, tokenizer)
+            masked[start:end] = ids[start:end]
+        rows.append({"input_ids": ids, "labels": masked, "prompt_length": start})  # start: of the last answer
     return rows
 
 
@@ -207,6 +267,13 @@ def encode_chunks(tokenizer, records: Iterable[dict[str, Any]], setup: dict[str,
         yield from zip(chunk, ENCODERS[setup["kind"]](tokenizer, chunk, params, labels))
 
 
+def text_pieces(record_id: str, row: dict[str, Any], size: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A tokenized document as consecutive pieces of `size` tokens, ids `<id>#part<k>`."""
+    for k, start in enumerate(range(0, len(row["input_ids"]), size)):
+        piece = row["input_ids"][start:start + size]
+        yield f"{record_id}{PART}{k}", {"input_ids": piece, "labels": list(piece), "prompt_length": 0}
+
+
 def features_for(kind: str, tokenizer) -> Features:
     ids = Sequence(Value("int32"))
     columns = {"id": Value("string"), "input_ids": ids,
@@ -227,26 +294,30 @@ def tokenize_split(tokenizer, records: Iterable[dict[str, Any]], setup: dict[str
     counts, longest = {"rows": 0, "tokens": 0, "dropped": 0, "truncated": 0}, 0
     batch: dict[str, list] = {name: [] for name in columns}
     progress = tqdm(desc=f"tokenize {split}", unit="row", disable=None, mininterval=5)
-    for record, row in encode_chunks(tokenizer, records, setup, params, labels, where):
+    for record, encoded in encode_chunks(tokenizer, records, setup, params, labels, where):
         progress.update()
-        # A training row must fit max_length whole, or it is left out (listed). Every evaluation row is
-        # kept, so scores cover the whole split: a prompt past the model's context is cut by a fixed rule.
-        if split != "train":
-            counts["truncated"] += fit_to_context(row, setup["kind"], context, row["input_ids"][-1] in special)
-        elif len(row["input_ids"]) > max_length:
-            dropped.append({"id": record["id"], "split": split,
-                            "reason": f"too long: {len(row['input_ids'])} > max_length {max_length} tokens"})
-            counts["dropped"] += 1
-            continue
-        row["id"] = record["id"]
-        for name, column in batch.items():
-            column.append(row[name])
-        counts["rows"] += 1
-        counts["tokens"] += len(row["input_ids"])
-        longest = max(longest, len(row["input_ids"]))
-        if len(batch["id"]) == CHUNK_ROWS:
-            writer.write_batch(batch)
-            batch = {name: [] for name in batch}
+        # plain text is cut into pieces of max_length (a long document is many training rows, not none)
+        pieces = [(record["id"], encoded)] if record["kind"] != "text" or len(encoded["input_ids"]) <= max_length \
+            else list(text_pieces(record["id"], encoded, max_length))
+        for row_id, row in pieces:
+            # A training row must fit max_length whole, or it is left out (listed). Every evaluation row is
+            # kept, so scores cover the whole split: a prompt past the model's context is cut by a fixed rule.
+            if split != "train":
+                counts["truncated"] += fit_to_context(row, setup["kind"], context, row["input_ids"][-1] in special)
+            elif len(row["input_ids"]) > max_length:
+                dropped.append({"id": row_id, "split": split,
+                                "reason": f"too long: {len(row['input_ids'])} > max_length {max_length} tokens"})
+                counts["dropped"] += 1
+                continue
+            row["id"] = row_id
+            for name, column in batch.items():
+                column.append(row[name])
+            counts["rows"] += 1
+            counts["tokens"] += len(row["input_ids"])
+            longest = max(longest, len(row["input_ids"]))
+            if len(batch["id"]) == CHUNK_ROWS:
+                writer.write_batch(batch)
+                batch = {name: [] for name in batch}
     if batch["id"]:
         writer.write_batch(batch)
     progress.close()
@@ -266,15 +337,17 @@ def input_fingerprint(path: Path, setup: dict[str, Any], params: dict[str, Any],
 
 def main(argv: list[str]) -> None:
     experiment = one_item(argv, "tokenize")
-    setup = load_experiment(experiment)
-    params = load_params("tokenize", experiment, required=("max_length",))
+    setup = load_experiment(experiment, "tokenize")
+    params = setup.pop("tokenize")
     from transformers import AutoTokenizer
 
-    where = f"params.yaml tokenize.{experiment}"
+    where = setting(experiment, "tokenize")
     source = Path("data/converted") / setup["dataset"]
     labels = read_labels(setup)
     base = Path("models/base") / setup["model"]
     tokenizer = AutoTokenizer.from_pretrained(base)
+    if params.get("chat_template"):
+        tokenizer.chat_template = params["chat_template"]
     context = int(params.get("eval_max_length") or model_context(base, tokenizer))
     features = features_for(setup["kind"], tokenizer)
 

@@ -10,7 +10,9 @@ stages/modeling.py; this stage is the same Trainer loop for all of them:
   resumes where it stopped and ends with the same weights (stages/checkpoints.py);
 - a memory estimate before the first step, and a one-line stop when the run cannot fit (stages/memory.py);
 - `processes: N` re-launches the stage under `accelerate launch` (DDP; FSDP or DeepSpeed through an
-  accelerate config file in `accelerate_config`); bf16 (fp16 where bf16 is missing) on a GPU, fp32 on a CPU.
+  accelerate config file in `accelerate_config`); bf16 (fp16 where the GPU does not compute in bf16 natively)
+  on a GPU, fp32 on a CPU; the precision and device it resolved to are in the checkpoints' fingerprint and in
+  recipe.json.
 What reloads the model (adapter, prompt embeddings or full weights) is saved as safetensors; totals go to
 summary.json and the wall-clock speed to reports/speed/<experiment>.json (neither a DVC output nor in git:
 it differs on every run, so tracking it would make every run change tracked files).
@@ -26,44 +28,21 @@ from pathlib import Path
 from typing import Any
 
 from stages import checkpoints
-from stages.common import (
-    StageError,
-    atomic_dir,
-    load_experiment,
-    load_params,
-    one_item,
-    pin_threads,
-    read_labels,
-    require_keys,
-    run_stage,
-    write_json,
+from stages.common import StageError, atomic_dir, one_item, pin_threads, read_labels, run_stage, write_json
+from stages.settings import load_experiment, where as setting
+from stages.modeling import (
+    attach_method,
+    collator_for,
+    device,
+    device_description,
+    load_base,
+    load_tokenizer,
+    one_process_one_gpu,
+    resolved_precision,
+    save_trained,
 )
-from stages.modeling import MERGEABLE, attach_method, collator_for, device, load_base, load_tokenizer, save_trained
 
 MODEL_INPUTS = ("input_ids", "labels", "token_type_ids")  # the columns a model takes; ids and maps stay behind
-
-
-KNOWN = {"lora", "prompt_tuning", "learning_rate", "epochs", "max_steps", "batch_size", "grad_accum", "threads",
-         "max_train_rows", "max_eval_rows", "eval_steps", "checkpoint_steps", "scheduler", "warmup_steps",
-         "weight_decay", "optim", "sampling", "precision", "processes", "accelerate_config", "memory_limit_gb",
-         "keep_best"}
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def check_method_params(params: dict[str, Any], method: str, where: str) -> None:
-    """A typo (eval_step) or a value outside its choices stops the stage now, not after minutes of setup."""
-    unknown = sorted(set(params) - KNOWN)
-    if unknown:
-        raise StageError(f"{where}: unknown keys {unknown} (known: {', '.join(sorted(KNOWN))})")
-    if params.get("precision", "auto") not in PRECISIONS:
-        raise StageError(f"{where}.precision: '{params['precision']}' is not one of {', '.join(PRECISIONS)}")
-    if params.get("keep_best") not in (None, "loss", "accuracy") or (params.get("keep_best") and not params.get(
-            "eval_steps")):
-        raise StageError(f"{where}.keep_best: 'loss' or 'accuracy' (a head's), with eval_steps set")
-    if method in MERGEABLE:
-        require_keys(params.get("lora"), f"{where}.lora", "r", "alpha", "dropout", "target_modules")
-    if method == "prompt_tuning":
-        require_keys(params.get("prompt_tuning"), f"{where}.prompt_tuning", "virtual_tokens")
 
 
 def launch_processes(experiment: str, params: dict[str, Any], resume: str | None) -> None:
@@ -85,18 +64,7 @@ def launch_processes(experiment: str, params: dict[str, Any], resume: str | None
     sys.exit(subprocess.call(command + ["-m", "stages.train", experiment], env=env))
 
 
-def precision(params: dict[str, Any]) -> dict[str, bool]:
-    """bf16 on a GPU that has it, fp16 on one that has not, fp32 on a CPU; `precision` in params overrides."""
-    import torch
-
-    chosen = params.get("precision", "auto")
-    if chosen == "auto":
-        cuda = torch.cuda.is_available()
-        chosen = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-    return {"bf16": chosen == "bf16", "fp16": chosen == "fp16"}
-
-
-def training_arguments(params: dict[str, Any], setup: dict[str, Any], scratch: Path, evaluate: bool):
+def training_arguments(params: dict[str, Any], setup: dict[str, Any], scratch: Path, evaluate: bool, precision: str):
     import torch
     from transformers import TrainingArguments
 
@@ -104,7 +72,8 @@ def training_arguments(params: dict[str, Any], setup: dict[str, Any], scratch: P
     every = params.get("eval_steps")
     keep_best = bool(params.get("keep_best")) and evaluate
     return TrainingArguments(
-        output_dir=str(scratch), use_cpu=not cuda, seed=setup["seed"], **precision(params),
+        output_dir=str(scratch), use_cpu=not cuda, seed=setup["seed"], bf16=precision == "bf16",
+        fp16=precision == "fp16",
         # across processes a language model's loss is averaged over all tokens of the global batch; a head's
         # loss is already a mean per process, which the Trainer would otherwise count once per process
         average_tokens_across_devices=setup["generates"],
@@ -169,20 +138,21 @@ def main(argv: list[str]):
     """Train, save, log; returns the trained model for a caller in the same process (tests compare it
     with the model reloaded from disk)."""
     experiment = one_item(argv, "train")
-    setup = load_experiment(experiment)
+    setup = load_experiment(experiment, "train")  # checked by the config stage: types, ranges, required keys
     kind, method = setup["kind"], setup["method"]
-    params = load_params("train", experiment, required=("epochs", "batch_size", "learning_rate", "threads"))
-    where = f"params.yaml train.{experiment}"
-    check_method_params(params, method, where)
+    params = setup.pop("train")
+    where = setting(experiment, "train")
     base = Path("models/base") / setup["model"]
     scratch = checkpoints.ROOT / experiment
+    one_process_one_gpu(int(params.get("processes") or 1))
+    run = {"precision": resolved_precision(params.get("precision")), "device": device_description()}
     # one process, before any launch, records or checks what the checkpoints are made from; the launched
     # processes read its decision from the environment
     data = checkpoints.data_digest(Path("data/tokenized") / experiment)  # for the checkpoints and the recipe
     if os.environ.get("TUNEPIPE_LAUNCHED"):
         resume = os.environ.get("TUNEPIPE_RESUME") or None
     else:
-        resume = checkpoints.resume_from(scratch, checkpoints.fingerprint(setup, params, data, base), where)
+        resume = checkpoints.resume_from(scratch, checkpoints.fingerprint(setup, params, data, base, run), where)
     launch_processes(experiment, params, resume)
 
     from transformers import Trainer, set_seed
@@ -204,7 +174,7 @@ def main(argv: list[str]):
     total = sum(p.numel() for p in model.parameters())
     print(f"[train] {experiment}: {kind} + {method}, {trainable:,} of {total:,} parameters trainable")
 
-    args = training_arguments(params, setup, scratch, evaluate=eval_rows is not None)
+    args = training_arguments(params, setup, scratch, evaluate=eval_rows is not None, precision=run["precision"])
     longest = max(len(ids) for ids in train_rows["input_ids"])
     outputs = {"token_head": len(labels or []), "sequence_head": 0}.get(kind)  # None: the vocabulary
     needs = memory.check_fits(memory.estimate(
@@ -227,7 +197,7 @@ def main(argv: list[str]):
     if not trainer.is_world_process_zero():
         return model
     with atomic_dir(Path("models/trained") / experiment) as out:
-        save_trained(model, out, kind, method, labels, setup["qlora"], gathered, data)
+        save_trained(model, out, kind, method, labels, setup["qlora"], gathered, data, run)
     checkpoints.remove(scratch)  # the result is saved: the checkpoints have served
 
     losses = write_curves(reports / "live", trainer.state.log_history)

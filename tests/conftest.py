@@ -22,9 +22,12 @@ def shared_file(relative: str) -> Path:
     return path
 
 
-def copy_project(dest: Path) -> Path:
+def copy_project(dest: Path, profiles: bool = False) -> Path:
     """The project's own files (tracked or not ignored) copied into `dest`: no outputs of a run in the
-    developer's checkout, so a test's pipeline starts cold."""
+    developer's checkout, so a test's pipeline starts cold. Without `profiles`, the other profiles' pipelines
+    (profiles/*/dvc.yaml) stay out: a test of the default runs against the default alone."""
+    import re
+
     import shutil
     import subprocess
 
@@ -33,6 +36,8 @@ def copy_project(dest: Path) -> Path:
     for name in filter(None, listed):
         source = REPO / name
         generated = name.startswith(("data/", "models/", "reports/", "dvc.lock")) and not name.startswith("data/samples/")
+        generated |= bool(re.match(r"profiles/[^/]+/(data|models|reports)/|profiles/[^/]+/dvc\.lock$", name))
+        generated |= not profiles and bool(re.match(r"profiles/[^/]+/dvc\.yaml$", name))
         if source.is_file() and not generated:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, dest / name)

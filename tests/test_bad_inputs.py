@@ -47,7 +47,7 @@ def test_bad_input_is_a_clear_error_or_quarantined(case, tmp_path):
     by_split = convert(raw, {"format": fmt}, ledger)
     ledger.check(max_reject_rate=1.0)  # balances: nothing silently missing
     assert (ledger.read, len(ledger.rejected)) == (expect["read"], expect["rejected"])
-    assert sum(len(rows) for rows in by_split.values()) == ledger.read - len(ledger.rejected)
+    assert sum(len(rows) for rows in by_split.values()) == ledger.read - len(ledger.rejected) - len(ledger.dropped)
     for rejected in ledger.rejected:
         assert expect["reason"] in rejected["reason"]
         assert rejected["where"] and rejected["record"] is not None  # names its place and keeps the record
@@ -76,14 +76,14 @@ def test_the_stage_itself_prints_one_line_and_keeps_the_rejects(tmp_path):
     """Through `python -m stages.convert`: the limit fails with a readable line, and the rejects are written."""
     work = tmp_path / "work"
     shutil.copytree(CORPUS / "dialogsum" / "truncated_json", work / "data/raw/demo", ignore=shutil.ignore_patterns("expect.json"))
-    (work / "params.yaml").write_text("convert:\n  demo: {format: dialogsum, max_reject_rate: 0.01}\n")
+    (work / "params.yaml").write_text("datasets:\n  demo: {format: dialogsum, max_reject_rate: 0.01}\n")
     env = {"PYTHONPATH": str(REPO), "PATH": str(Path(sys.executable).parent)}
     failed = subprocess.run([sys.executable, "-m", "stages.convert", "demo"], cwd=work, env=env, capture_output=True, text=True)
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
     assert failed.stderr.strip() == ("error: convert demo: 50.0% of records rejected (limit 1.0%); first: "
                                      "cases.train.jsonl:2: malformed JSON: Unterminated string starting at "
                                      "(column 22)")
-    (work / "params.yaml").write_text("convert:\n  demo: {format: dialogsum, max_reject_rate: 0.5}\n")
+    (work / "params.yaml").write_text("datasets:\n  demo: {format: dialogsum, max_reject_rate: 0.5}\n")
     passed = subprocess.run([sys.executable, "-m", "stages.convert", "demo"], cwd=work, env=env, capture_output=True, text=True)
     assert passed.returncode == 0, passed.stderr
     [kept] = [json.loads(line) for line in (work / "data/rejected/demo.jsonl").read_text().splitlines()]

@@ -27,8 +27,22 @@ def test_salt_changes_the_draw_and_split_follows_ratios():
     for number in range(5000):
         counts[split_for(f"row-{number}", ratios)] += 1
     assert 3850 < counts["train"] < 4150 and 400 < counts["test"] < 600
-    # a row keeps its split when others are added: the split depends on its own id only
-    assert split_for("row-7", ratios) == split_for("row-7", dict(ratios))
+
+
+def test_a_row_keeps_its_split_when_rows_are_added_before_and_after_it(tmp_path):
+    """Through the convert stage: splits come from each row's own id, never from its place in the file."""
+    from stages.convert import convert
+
+    rows = [f"Sentence number {n} is fine.,{'positive' if n % 2 else 'negative'}" for n in range(300)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a/rows.csv").write_text("text,label\n" + "\n".join(rows[100:200]) + "\n")
+    (tmp_path / "b/rows.csv").write_text("text,label\n" + "\n".join(rows[:100] + rows[200:] + rows[100:200]) + "\n")
+    params = {"format": "table", "split": {"train": 0.6, "validation": 0.2, "test": 0.2}}
+    before = {r["text"]: split for split, rs in convert(tmp_path / "a", params, Ledger("a")).items() for r in rs}
+    after = {r["text"]: split for split, rs in convert(tmp_path / "b", params, Ledger("b")).items() for r in rs}
+    assert len(before) == 100 and len(after) == 300 and len(set(before.values())) == 3
+    assert {text: after[text] for text in before} == before
 
 
 def test_ledger_balances_and_fails_past_the_reject_rate(capsys):

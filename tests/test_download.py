@@ -16,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from stages.common import StageError
 import yaml
 
 BODY = b"id\ttext\n1\thello\n"
@@ -54,7 +56,7 @@ def server():
 
 
 def download(tmp_path: Path, entry: dict) -> subprocess.CompletedProcess:
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"download": {"ds": entry}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"datasets": {"ds": entry}}))
     repo = Path(__file__).resolve().parents[1]
     return subprocess.run([sys.executable, "-m", "stages.download", "ds"], cwd=tmp_path, capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(repo)}, timeout=120)
@@ -91,7 +93,7 @@ def test_failed_downloads_say_why_and_leave_nothing(server, tmp_path, path, stat
 
 def test_bytes_that_differ_from_the_pin_are_refused(server, tmp_path):
     result = download(tmp_path, url(server, "/data.tsv", sha256="0" * 64))
-    assert_fails(result, 2, f"sha256 is {hashlib.sha256(BODY).hexdigest()}, params.yaml pins", tmp_path)
+    assert_fails(result, 2, f"sha256 is {hashlib.sha256(BODY).hexdigest()}, the dataset's pin is", tmp_path)
 
 
 def test_an_unpinned_url_needs_follow(server, tmp_path):
@@ -179,6 +181,24 @@ def test_unsafe_archives_are_refused_before_anything_is_written(tmp_path, case, 
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path.parent / "escape.txt").exists()
 
 
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_an_unsafe_member_after_good_ones_refuses_the_archive_before_any_is_written(tmp_path, kind):
+    """Every member is checked before the first is written: a good one first, then one whose absolute path
+    points at a real place outside; nothing lands in the target folder and nothing at that place."""
+    from stages.archives import Budget, extract
+
+    escape = tmp_path / f"escaped-{kind}.txt"
+    if kind == "tar":
+        archive = tar_with(tmp_path, lambda b: (add_file(b, "good/first.txt", BODY), add_file(b, str(escape), BODY)))
+    else:
+        archive = zip_with(tmp_path, {"good/first.txt": BODY, str(escape): BODY})
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(StageError, match="points outside the target folder"):
+        extract(archive, out, Budget("test", max_bytes=1 << 30, max_files=100))
+    assert list(out.rglob("*")) == [] and not escape.exists()
+
+
 def test_archive_limits_stop_a_bomb_and_a_flood(tmp_path):
     bomb = zip_with(tmp_path, {"zeros.bin": bytes(5 << 20)})  # 5 MB of zeros: a few KB compressed
     assert bomb.stat().st_size < 50_000
@@ -209,10 +229,11 @@ def test_a_local_source_changed_in_place_is_noticed(tmp_path):
         subprocess.run(command, cwd=tmp_path, check=True, env=env)
     (tmp_path / "src").mkdir()
     (tmp_path / "src/rows.tsv").write_bytes(BODY)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"download": {"ds": {"source": "local", "path": "src"}}}))
-    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["download"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"datasets": {"ds": {"source": "local", "path": "src"}}}))
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["download"]  # the project's own stage
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"download": {
-        **stages, "do": {**stages["do"], "deps": ["${item.path}"]}}}}))
+        "foreach": {"ds": {"file": "params.yaml", "key": "datasets.ds", "path": "src"}},
+        "do": {**stages["do"], "deps": ["${item.path}"]}}}}))
     run = subprocess.run(["dvc", "repro"], cwd=tmp_path, env={**env, "PYTHONPATH": str(repo)}, capture_output=True,
                          text=True)
     assert run.returncode == 0, run.stderr

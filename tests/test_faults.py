@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from flows.cache_check import repair_rwlock
-from tests.test_resume import ENV, make_repo
+from tests.test_resume import ENV, make_repo, plan
+from tests.workspace import edit
 
 STAGES = ["download@dialogsum", "convert@dialogsum", "tokenize@toy", "train@toy", "predict_after@toy",
           "merge@toy"]
@@ -36,10 +37,11 @@ def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 
 
 def with_merge(root: Path) -> Path:
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["merge"] = {"toy": {"tolerance": 0.001, "threads": 1}}
-    params["train"]["toy"].update(max_steps=10, checkpoint_steps=5)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    experiment = root / "experiments/toy.yaml"
+    edit(experiment, "merge", {"tolerance": 0.001, "threads": 1})
+    edit(experiment, "train.max_steps", 10)
+    edit(experiment, "train.checkpoint_steps", 5)
+    plan(root)  # a merge stage for it
     subprocess.run(["git", "commit", "-qam", "with merge"], cwd=root, env=ENV, check=True)
     return root
 
@@ -79,31 +81,66 @@ def reference(tmp_path_factory) -> tuple[Path, dict[str, str], dict[str, bytes]]
     return root, hashes, file_bytes(root, hashes)
 
 
+def stage_process(dvc_process: subprocess.Popen, stage: str, timeout: float = 120):
+    """The stage's own python process, once DVC has started it (`python -m stages.<module> <item> ...`)."""
+    import psutil
+
+    name, item = stage.split("@")
+    module = {"predict_after": "predict"}.get(name, name)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            for child in psutil.Process(dvc_process.pid).children(recursive=True):
+                line = child.cmdline()
+                if f"stages.{module}" in line and item in line:
+                    return child
+        except psutil.NoSuchProcess:
+            pass
+        assert dvc_process.poll() is None, f"dvc ended before the {stage} stage started"
+        time.sleep(0.01)
+    raise AssertionError(f"the {stage} stage did not start within {timeout} s")
+
+
+def kill_mid_stage(root: Path, stage: str, rng: random.Random) -> float:
+    """SIGKILL dvc and the stage together at a random point of the stage's own run (a fraction of how long it
+    took uninterrupted, counted from its process's start); returns the delay. A kill that would land after the
+    stage ended is tried again earlier, so every test kills a running stage."""
+    fraction = rng.uniform(0.05, 0.9)
+    for _ in range(4):
+        process = subprocess.Popen(["dvc", "repro", "--force", "--single-item", stage], cwd=root, env=ENV,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        child = stage_process(process, stage)
+        delay = fraction * (stage_seconds(root, stage) + 1.0)  # + the stage's imports before its clock starts
+        time.sleep(delay)
+        if child.is_running() and child.status() != "zombie":
+            os.killpg(process.pid, signal.SIGKILL)  # DVC and the stage with it
+            process.wait()
+            return delay
+        # the stage ended first: let DVC finish recording it (killing it while it writes dvc.lock tests DVC,
+        # not the stage), then try again earlier
+        assert process.wait() == 0
+        fraction /= 3
+    raise AssertionError(f"seed {SEED}: could not kill {stage} while it ran")
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_a_stage_killed_at_a_random_point_reruns_to_the_same_bytes(reference, stage):
     root, hashes, contents = reference
-    rng = random.Random(f"{SEED}-{stage}")
-    delay = rng.uniform(0.05, 1.0) * (stage_seconds(root, stage) + 1.5)  # + DVC's own start-up before the stage
-    process = subprocess.Popen(["dvc", "repro", "--force", "--single-item", stage], cwd=root, env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(delay)
-    killed = process.poll() is None
-    if killed:
-        os.killpg(process.pid, signal.SIGKILL)  # DVC and the stage with it
-    process.wait()
+    print(f"fault seed {SEED} (TUNEPIPE_FAULT_SEED={SEED} replays it)")
+    delay = kill_mid_stage(root, stage, random.Random(f"{SEED}-{stage}"))
 
     # DVC rewrites .dvc/tmp/rwlock in place: killed in that moment it leaves it empty and every dvc command
     # fails until it is repaired, which the pipeline flow does first (python -m flows.cache_check by hand)
-    if repair_rwlock(str(root)):
-        assert not (root / ".dvc/tmp/rwlock").read_text().strip("{}")
-    # no partial output taken as done: either DVC sees the stage as stale, or its outputs are complete
-    own = outputs_of(root, stage)
-    if stage not in json.loads(dvc(root, "status", "--json", stage).stdout):
-        assert file_bytes(root, own) == subset(contents, own), \
-            f"seed {SEED}: {stage} killed after {delay:.2f}s looks done but its outputs differ"
+    repair_rwlock(str(root))  # (test_a_half_written_dvc_lock_file_is_repaired_only_when_no_dvc_runs tests it)
+    # no partial output: `--force` had DVC remove the stage's outputs first, so each cached output the kill
+    # left is one the stage finished writing (atomically, by rename), and it must be complete
+    for path in cached_outputs(root, stage):
+        if (root / path).exists():
+            assert file_bytes(root, [path]) == subset(contents, [path]), \
+                f"seed {SEED}: {stage} killed after {delay:.2f}s left a partial {path}"
 
     dvc(root, "repro")
-    assert outputs(root) == hashes, f"seed {SEED}: {stage} killed after {delay:.2f}s (killed={killed})"
+    assert outputs(root) == hashes, f"seed {SEED}: {stage} killed after {delay:.2f}s"
     assert file_bytes(root, hashes) == contents
     assert json.loads(dvc(root, "status", "--json").stdout) == {}
     assert not list(root.rglob(".*.tmp-*")), "a temporary file or folder of an atomic write was left behind"
@@ -113,9 +150,12 @@ def subset(contents: dict[str, bytes], paths: list[str]) -> dict[str, bytes]:
     return {name: data for name, data in contents.items() if any(name == p or name.startswith(f"{p}/") for p in paths)}
 
 
-def outputs_of(root: Path, stage: str) -> list[str]:
-    lock = yaml.safe_load((root / "dvc.lock").read_text())
-    return [out["path"] for out in lock["stages"][stage].get("outs", [])]
+def cached_outputs(root: Path, stage: str) -> list[str]:
+    """The stage's outputs that DVC caches (the bookkeeping ones, cache: false, are written as training goes)."""
+    name, _, item = stage.partition("@")
+    body = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][name]
+    body = body.get("do", body)
+    return [out.replace("${key}", item) for out in body.get("outs", []) if isinstance(out, str)]
 
 
 @pytest.mark.parametrize("first, second", [("train@toy", "train@toy"), ("train@toy", "tokenize@toy")])
@@ -129,10 +169,10 @@ def test_two_repro_at_once_one_runs_the_other_stops_cleanly_and_nothing_is_corru
                for stage in (first, second)]
     results = [(*process.communicate(), process.returncode) for process in started]
     assert repair_rwlock(str(root)) is None  # two live processes never damage it
-    assert 0 in [code for _, _, code in results], results
-    for out, err, code in results:
-        if code != 0:
-            assert "is being blocked by" in err or "Unable to acquire lock" in err, err
+    codes = sorted(code for _, _, code in results)
+    assert codes[0] == 0 and codes[1] != 0, results  # one ran; the other stopped, it did not run beside it
+    [(_, refused, _)] = [result for result in results if result[2] != 0]
+    assert "is being blocked by" in refused or "Unable to acquire lock" in refused, refused
     dvc(root, "repro")
     assert outputs(root) == hashes and file_bytes(root, hashes) == contents
     assert json.loads(dvc(root, "status", "--json").stdout) == {}

@@ -76,14 +76,24 @@ def tiny_repo(tmp_path, monkeypatch) -> Path:
 
 
 def task_runs(flow_state) -> dict[str, object]:
-    """The flow run's task runs by name, read back through the Prefect API."""
+    """The flow run's task runs by name, read back through the Prefect API once each has its final state: task
+    states reach the server as events, which it records a moment after the flow has ended."""
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    from tests.conftest import drain_prefect_workers
+
+    drain_prefect_workers()
     flow_run_id = flow_state.state_details.flow_run_id
+    deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {run.name: run for run in runs}
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if all(run.state and run.state.is_final() for run in runs) or time.monotonic() > deadline:
+                return {run.name: run for run in runs}
+            time.sleep(0.5)
 
 
 def artifacts(flow_state, key: str) -> list:
@@ -195,11 +205,11 @@ def test_the_server_refuses_requests_without_the_team_s_credentials(prefect_api)
 
 FOLLOW_STAGES = """stages:
   download:
-    foreach: ${download}
+    foreach: ${datasets}
     do:
       cmd: python -m stages.download ${key}
       deps: ["${item.path}"]
-      params: ["download.${key}"]
+      params: ["datasets.${key}"]
       outs: ["data/raw/${key}"]
   count:
     cmd: python -c "import pathlib; print(sorted((p.name, len(p.read_text().splitlines())) for p in pathlib.Path('data/raw').rglob('*.csv')))" > counts.txt
@@ -220,7 +230,7 @@ def test_retraining_refetches_followed_sources_and_leaves_pinned_ones(prefect_ap
     pinned.write_text("a\nb\n")
     moving.write_text("x\n")
     (tiny_repo / "dvc.yaml").write_text(FOLLOW_STAGES)
-    (tiny_repo / "params.yaml").write_text(yaml_dump({"download": {
+    (tiny_repo / "params.yaml").write_text(yaml_dump({"datasets": {
         "pinned": {"source": "url", "url": pinned.as_uri(), "sha256": hashlib.sha256(b"a\nb\n").hexdigest(),
                    "path": "write.py"},
         "moving": {"source": "url", "url": moving.as_uri(), "follow": True, "path": "write.py"}}}))

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+
 from safetensors.torch import load_file, save_file
 
 from stages.common import StageError
 from stages.lora_shards import merge_by_shard, shard_files, unsupported
 from tests.tiny_models import write_tiny_model
+from tests.workspace import write_experiment, write_yaml
 
 TARGETS = {"llama": ["q_proj", "v_proj", "down_proj"], "gpt2": ["c_attn", "c_fc"], "phi": ["q_proj", "dense", "fc1"],
            "t5": ["q", "v", "wi"]}
@@ -90,7 +91,7 @@ def test_adapters_that_need_the_whole_model_say_why(tmp_path):
 
 
 def merge_workspace(root: Path, arch: str, merge: dict) -> str:
-    """models/base/tiny + models/trained/toy (a LoRA adapter and its recipe) + params.yaml."""
+    """models/base/tiny + models/trained/toy (a LoRA adapter and its recipe) + the experiment and its settings."""
     base, adapter = base_and_adapter(root / "src", arch)
     (root / "models/base").mkdir(parents=True)
     base.rename(root / "models/base/tiny")
@@ -98,13 +99,13 @@ def merge_workspace(root: Path, arch: str, merge: dict) -> str:
     adapter.rename(root / "models/trained/toy")
     (root / "models/trained/toy/recipe.json").write_text(json.dumps(
         {"kind": "causal_lm", "method": "lora", "labels": None, "qlora": None, "data_sha256": "ab" * 32}))
-    params = {"experiments": {"toy": {"dataset": "toy", "model": "tiny", "kind": "causal_lm", "method": "lora",
-                                      "metric": "rouge_any", "seed": 7}},
-              "train": {"toy": {"learning_rate": 0.01, "epochs": 1, "batch_size": 4, "threads": 2,
-                                "lora": {"r": 4, "alpha": 8, "target_modules": TARGETS[arch]}}},
-              "merge": {"toy": merge}}
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    return "toy"
+    write_yaml(root / "params.yaml", {"datasets": {"toy": {"path": "raw", "format": "alpaca"}},
+                                      "models": {"tiny": {"path": "tiny"}}})
+    return write_experiment(root, "toy", {
+        "dataset": "toy", "model": "tiny", "kind": "causal_lm", "method": "lora", "metric": "rouge_any", "seed": 7,
+        "train": {"learning_rate": 0.01, "epochs": 1, "batch_size": 4, "threads": 2,
+                  "lora": {"r": 4, "alpha": 8, "target_modules": TARGETS[arch]}},
+        "merge": merge})
 
 
 def test_merge_stage_folds_by_shard_checks_itself_and_writes_a_card(tmp_path, monkeypatch):
@@ -159,7 +160,7 @@ def test_by_shard_true_on_an_adapter_that_cannot_names_the_reason(tmp_path, monk
     config = json.loads(config_path.read_text())
     config["bias"] = "lora_only"
     config_path.write_text(json.dumps(config))
-    with pytest.raises(StageError, match=r"merge.toy.by_shard: cannot merge .* trained biases"):
+    with pytest.raises(StageError, match=r"experiments/toy.yaml merge.by_shard: cannot merge .* trained biases"):
         merge_stage.main([name])
 
 

@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from tests.conftest import copy_project
+from tests.test_resume import plan
+from tests.workspace import edit, keep_experiments, read_yaml
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
@@ -26,8 +28,8 @@ ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_A
        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
 EXPERIMENT = "dialogsum-lora"
 OTHER = "phrasebank-head"  # a second experiment that a change to the first must leave alone
-KEEP = {"experiments": [EXPERIMENT, OTHER], "download": ["dialogsum", "phrasebank"],
-        "convert": ["dialogsum", "phrasebank"]}
+# an edit of the experiment's file re-runs the plan check and its config stage, then what the edit touches
+EDITED = {"plan", f"config@{EXPERIMENT}"}
 AFTER_TRAIN = {f"{stage}@{EXPERIMENT}" for stage in ("train", "merge", "predict_after")} | {"report"}
 
 
@@ -53,27 +55,19 @@ def stage_names(output: str) -> set[str]:
 
 
 def set_param(repo: Path, dotted: str, value) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    *path, last = dotted.split(".")
-    node = params
-    for key in path:
-        node = node[key]
-    node[last] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    """Set a key of the experiment's file (`train.lora.r`)."""
+    edit(repo / "experiments" / f"{EXPERIMENT}.yaml", dotted, value)
 
 
 def small_settings(repo: Path) -> None:
     """Same pipeline, two experiments, fewer rows and steps: the module stays within minutes on 2 cores."""
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for group in ("experiments", "tokenize", "train", "merge", "predict", "score", "download", "convert"):
-        keep = KEEP.get(group, KEEP["experiments"])
-        params[group] = {name: entry for name, entry in params[group].items() if name in keep}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    keep_experiments(repo, [EXPERIMENT, OTHER])
     for name in (EXPERIMENT, OTHER):
-        set_param(repo, f"train.{name}.max_steps", 2)
-        set_param(repo, f"train.{name}.batch_size", 4)
-    set_param(repo, f"predict.{EXPERIMENT}.max_rows", 2)
-    set_param(repo, f"predict.{EXPERIMENT}.max_new_tokens", 8)
+        edit(repo / "experiments" / f"{name}.yaml", "train.max_steps", 2)
+        edit(repo / "experiments" / f"{name}.yaml", "train.batch_size", 4)
+    set_param(repo, "predict.max_rows", 2)
+    set_param(repo, "predict.max_new_tokens", 8)
+    plan(repo)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +82,8 @@ def repo(tmp_path_factory) -> Path:
 
 def test_full_run_writes_scored_report(repo):
     result = sh(repo, "dvc", "repro")
-    assert stages_run(result.stdout) == {f"fetch_model@{m}" for m in ("smollm2-135m", "minilm-l6")} | {
+    assert stages_run(result.stdout) == {"plan"} | {f"config@{e}" for e in (EXPERIMENT, OTHER)} | {
+        f"fetch_model@{m}" for m in ("smollm2-135m", "minilm-l6")} | {
         f"{stage}@{d}" for stage in ("download", "convert") for d in ("dialogsum", "phrasebank")} | {
         f"{stage}@{e}" for stage in ("tokenize", "train", "predict_before", "predict_after", "score")
         for e in (EXPERIMENT, OTHER)} | {f"merge@{EXPERIMENT}", "report"}  # no merge for a full fine-tune
@@ -161,21 +156,22 @@ def test_second_run_runs_nothing_and_status_is_clean(repo):
 
 def test_training_param_reruns_exactly_train_and_what_follows(repo):
     before = predictions(repo)
-    set_param(repo, f"train.{EXPERIMENT}.lora.r", 4)
+    set_param(repo, "train.lora.r", 4)
     result = sh(repo, "dvc", "repro")
     # score re-runs only if the new model's predictions differ: DVC compares content, not timestamps
     rescored = {f"score@{EXPERIMENT}"} if predictions(repo) != before else set()
-    assert stages_run(result.stdout) == AFTER_TRAIN | rescored  # nothing of the other experiment
+    assert stages_run(result.stdout) == EDITED | AFTER_TRAIN | rescored  # nothing of the other experiment
     assert f"Stage 'tokenize@{EXPERIMENT}' didn't change" in result.stdout
     assert f"Stage 'train@{OTHER}' didn't change" in result.stdout
 
 
 def test_tokenize_param_reruns_tokenize_onwards_but_not_convert_or_download(repo):
     before = predictions(repo)
-    set_param(repo, f"tokenize.{EXPERIMENT}.system_prompt", "You summarize dialogues in one sentence.")
+    set_param(repo, "tokenize.system_prompt", "You summarize dialogues in one sentence.")
     result = sh(repo, "dvc", "repro")
     rescored = {f"score@{EXPERIMENT}"} if predictions(repo) != before else set()
-    assert stages_run(result.stdout) == AFTER_TRAIN | {f"tokenize@{EXPERIMENT}", f"predict_before@{EXPERIMENT}"} | rescored
+    assert stages_run(result.stdout) == EDITED | AFTER_TRAIN | {f"tokenize@{EXPERIMENT}",
+                                                               f"predict_before@{EXPERIMENT}"} | rescored
     assert "Stage 'convert@dialogsum' didn't change" in result.stdout
     assert "Stage 'download@dialogsum' didn't change" in result.stdout
 
@@ -195,7 +191,7 @@ def test_labels_mask_exactly_the_prompt_with_the_real_chat_template(repo):
         assert prompt.endswith("<|im_start|>assistant\n") and converted[row["id"]]["input"] in prompt
         # the model learns the answer and the end of its turn, nothing of the prompt
         assert tokenizer.decode(row["input_ids"][cut:]) == converted[row["id"]]["output"] + "<|im_end|>\n"
-    system = yaml.safe_load((repo / "params.yaml").read_text())["tokenize"][EXPERIMENT].get("system_prompt")
+    system = json.loads((repo / "data/config" / EXPERIMENT / "tokenize.json").read_text())["tokenize"].get("system_prompt")
     for row in rows:  # the batched encoder gives what the chat template gives each row alone
         record = converted[row["id"]]
         messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -235,7 +231,7 @@ def test_two_exp_run_variants_show_with_validation_loss_and_plot_their_curves(re
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "baseline results")
     for rank in (8, 2):
-        sh(repo, "dvc", "exp", "run", "-n", f"rank{rank}", "-S", f"train.{EXPERIMENT}.lora.r={rank}")
+        sh(repo, "dvc", "exp", "run", "-n", f"rank{rank}", "-S", f"experiments/{EXPERIMENT}.yaml:train.lora.r={rank}")
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
     runs = [shown[0]] + [exp for entry in shown for exp in (entry.get("experiments") or [])]
     rouge, validation = {}, {}
@@ -256,8 +252,8 @@ def test_two_exp_run_variants_show_with_validation_loss_and_plot_their_curves(re
     assert {"rank8", "rank2"} <= set(rouge) and validation["rank8"] != validation["rank2"], shown
     table = sh(repo, "dvc", "exp", "show", "--no-pager", "--md", "--only-changed").stdout  # the README's command
     header = table.splitlines()[0]
-    assert "rank8" in table and f"train.{EXPERIMENT}.lora.r" in header and "ledger" not in header
-    assert "eval.loss" in header and f"train.{OTHER}" not in header  # unchanged columns are hidden
+    assert "rank8" in table and "train.lora.r" in header and "ledger" not in header
+    assert "eval.loss" in header and "learning_rate" not in header  # unchanged columns are hidden
     plots = sh(repo, "dvc", "plots", "diff", "rank8", "rank2", "--json").stdout  # both runs' curves
     curve = f"reports/train/{EXPERIMENT}/live/plots/metrics/eval/loss.tsv"
     assert curve in plots and '"rank8"' in plots and '"rank2"' in plots
@@ -287,9 +283,8 @@ def test_convert_and_tokenize_bytes_survive_touched_and_moved_inputs(repo, tmp_p
 
 def test_hub_source_offline_fails_fast_with_one_clear_line(repo):
     env = {k: v for k, v in ENV.items() if k != "HF_HUB_OFFLINE"}
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["fetch_model"]["hub-model"] = {"source": "hub", "repo_id": "tunepipe-test/no-such-model",
-                                          "revision": "0" * 40}
+    params = read_yaml(repo / "params.yaml")
+    params["models"]["hub-model"] = {"source": "hub", "repo_id": "tunepipe-test/no-such-model", "revision": "0" * 40}
     scratch = repo.parent / "hub-check"
     scratch.mkdir(exist_ok=True)
     (scratch / "params.yaml").write_text(yaml.safe_dump(params))

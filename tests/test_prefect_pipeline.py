@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.conftest import copy_project
 from tests.test_flow import BOOKKEEPING, artifacts, git, task_runs
+from tests.test_resume import plan
+from tests.workspace import edit, keep_experiments
 
 BIN = Path(sys.executable).parent
 EXPERIMENT = "phrasebank-head"  # MiniLM with a classification head: the quickest experiment to train
@@ -22,12 +23,11 @@ POOL = "tunepipe-test-pool"
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    from flows.profile import apply
-
     repo = copy_project(tmp_path_factory.mktemp("flowrepo"))
-    params = apply(yaml.safe_load((repo / "params.yaml").read_text()), {}, [EXPERIMENT])
-    params["train"][EXPERIMENT].update(max_steps=2, batch_size=4)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    keep_experiments(repo, [EXPERIMENT])
+    set_train_steps(repo, 2)
+    edit(repo / "experiments" / f"{EXPERIMENT}.yaml", "train.batch_size", 4)
+    plan(repo)
     (repo / ".dvc" / "config").write_text((repo / ".dvc" / "config").read_text().replace(
         "../../tunepipe-dvc-remote", str(remote_of(repo))))  # a remote of this test's own
     git(repo, "init", "-q")
@@ -46,16 +46,14 @@ def remote_of(repo: Path) -> Path:
 
 
 def set_train_steps(repo: Path, steps: int) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"][EXPERIMENT]["max_steps"] = steps
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    edit(repo / "experiments" / f"{EXPERIMENT}.yaml", "train.max_steps", steps)
 
 
 def test_pipeline_flow_shows_every_stage_then_every_stage_skipped(prefect_api, repo):
     from flows.pipeline import pipeline, stage_graph, stage_order
 
     stages = stage_order(stage_graph(str(repo)))
-    assert len(stages) == 9 and stages[-1] == "report"
+    assert len(stages) == 11 and stages[0] == "plan" and stages[-1] == "report"
     first = pipeline(repo=str(repo), return_state=True)
     assert first.result()["ran"] == stages
     runs = task_runs(first)

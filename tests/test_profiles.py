@@ -1,6 +1,7 @@
-"""Profiles and the seeds' presets: overlays of params.yaml run by the same stages.
+"""Profiles and the seeds' presets: folders laid out like the root, each planned into its own dvc.yaml and run
+by the same stages.
 
-Each preset runs here with its exact params except three swaps: its hub model becomes a tiny model of the
+Each preset runs here with its exact settings except three swaps: its hub model becomes a tiny model of the
 same architecture built from a config, its data the project's sample files, and training stops after two
 steps. Offline, each preset's model fetch fails at once with one line.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.profile import apply, load_profile
+from stages import config as config_stage
 from stages import convert as convert_stage
 from stages import merge as merge_stage
 from stages import predict as predict_stage
@@ -24,76 +25,99 @@ from stages import score as score_stage
 from stages import tokenize as tokenize_stage
 from stages import train as train_stage
 from stages.common import COMMIT
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_project
 from tests.tiny_models import write_tiny_model
+from tests.workspace import edit, read_yaml
 
-PRESETS = sorted(p.stem for p in (REPO / "profiles").glob("seed-*.yaml"))
+PRESETS = sorted(p.name for p in (REPO / "profiles").iterdir() if p.name.startswith("seed-"))
 ARCHITECTURE = {"flan-t5-base": "t5", "gpt-neo-1.3b": "gpt_neo", "llama-2-7b-chat": "llama", "phi-2": "phi",
                 "gpt2": "gpt2"}
 SEEDS = {"seed-flan-t5-word-sense", "seed-gpt-neo", "seed-llama2-webqa", "seed-phi2-dialogsum", "seed-gpt2-sentiment"}
-
-
-def default_params() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 
 
 def test_every_seed_setup_has_a_preset():
     assert set(PRESETS) == SEEDS
 
 
-def test_overlay_merges_replaces_removes_and_narrows():
-    params = {"experiments": {"a": {"model": "x", "dataset": "one"}, "b": {"model": "y", "dataset": "two"}},
-              "train": {"a": {"lr": 1, "epochs": 2}}, "fetch_model": {"x": {}, "y": {}},
-              "download": {"one": {"path": "p"}, "two": {"path": "q"}}, "report": {"dir": "reports"}}
-    overlay = {"replace": ["experiments"], "experiments": {"c": {"model": "z", "dataset": "one"}},
-               "train": {"a": {"lr": 5}}, "download": {"two": None}, "report": {"dir": "reports/real"}}
-    merged = apply(params, overlay)
-    assert merged["experiments"] == {"c": {"model": "z", "dataset": "one"}}  # replaced
-    assert merged["train"] == {"a": {"lr": 5, "epochs": 2}}               # merged key by key
-    assert merged["download"] == {"one": {"path": "p"}}                   # null removes
-    assert merged["report"] == {"dir": "reports/real"}
-    only = apply(params, {}, only=["b"])
-    assert list(only["experiments"]) == ["b"] and only["train"] == {}     # a stage exists only for b
-    assert only["fetch_model"] == {"y": {}} and list(only["download"]) == ["two"]  # and what b uses
-    with pytest.raises(SystemExit, match="--only names experiments the profile does not have: \\['nope'\\]"):
-        apply(params, {}, only=["nope"])
+def plan(root: Path, folder: str = "") -> dict:
+    result = subprocess.run([sys.executable, "-m", "stages.plan", *(["--profile", folder] if folder else [])],
+                            cwd=root, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load((root / folder / "dvc.yaml").read_text())
+
+
+def output_paths(pipeline: dict) -> set[str]:
+    found = set()
+    for stage in pipeline["stages"].values():
+        body = stage.get("do", stage)
+        for key in ("outs", "metrics", "plots"):
+            for out in body.get(key) or []:
+                found.add(next(iter(out)) if isinstance(out, dict) else out)
+    return found
+
+
+def test_profiles_live_side_by_side_each_planned_into_its_own_folder(tmp_path):
+    """Planning every profile rewrites no file but its own dvc.yaml, every output stays inside the profile's
+    folder, and no two profiles share an output path (DVC would refuse the repository)."""
+    root = copy_project(tmp_path / "repo")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != "dvc.yaml"}
+    folders = ["", "profiles/real", *(f"profiles/{name}" for name in PRESETS)]
+    outputs = {folder: output_paths(plan(root, folder)) for folder in folders}
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != "dvc.yaml"} == before
+    for folder, paths in outputs.items():
+        inside_folder = (lambda p: p.startswith(f"{folder}/")) if folder else (lambda p: not p.startswith("profiles/"))
+        assert paths and all(inside_folder(p) for p in paths), folder
+    assert sum(map(len, outputs.values())) == len(set().union(*outputs.values()))  # disjoint
+    for folder in ("", "profiles/real"):  # the committed ones are what the plan writes
+        assert (root / folder / "dvc.yaml").read_text() == (REPO / folder / "dvc.yaml").read_text()
 
 
 def test_real_profile_reads_the_real_releases_and_scores_every_test_row():
-    merged = apply(default_params(), load_profile("real"))
-    assert all(entry["path"].startswith("../shared/data/") for entry in merged["download"].values())
-    assert all(entry["max_rows"] is None for entry in merged["predict"].values())
-    assert merged["report"]["dir"] == "reports/real"
-    assert set(merged["experiments"]) == set(merged["train"]) == set(merged["predict"]) == set(merged["score"])
+    from stages.schema import resolve
+    from tests.workspace import inside
+
+    params = read_yaml(REPO / "profiles/real/params.yaml")
+    assert all(entry["path"].startswith("../../../shared/data/") for entry in params["datasets"].values())
+    with inside(REPO / "profiles/real"):
+        names = sorted(p.stem for p in Path("experiments").glob("*.yaml"))
+        setups = [resolve(name) for name in names]
+    assert len(setups) == 6 and all(setup["predict"].get("max_rows") is None for setup in setups)
 
 
-def workspace(root: Path, preset: str) -> dict:
-    params = apply(default_params(), load_profile(preset))
-    (root / "metrics").symlink_to(REPO / "metrics")  # the score stage loads the project's metric modules
-    for name, entry in params["fetch_model"].items():
+def workspace(root: Path, preset: str) -> list[str]:
+    """The preset's own files, its hub models swapped for tiny ones of the same architecture, its data for the
+    sample files as download leaves them, two training steps and two predicted rows."""
+    folder = REPO / "profiles" / preset
+    shutil.copy(folder / "params.yaml", root / "params.yaml")
+    shutil.copytree(folder / "experiments", root / "experiments")
+    params = read_yaml(root / "params.yaml")
+    for name, entry in params["models"].items():
         assert entry["source"] == "hub" and COMMIT.match(entry["revision"]), name  # pinned to a commit
         write_tiny_model(ARCHITECTURE[name], root / "models/base" / name)
-    for dataset in params["download"]:  # the sample files in the release's format, as download leaves them
+    for dataset in params["datasets"]:  # the sample files in the release's format, as download leaves them
         shutil.copytree(REPO / "data/samples" / dataset, root / "data/raw" / dataset)
-    for name in params["train"]:
-        params["train"][name].update(max_steps=2, threads=2)
-        params["predict"][name]["max_rows"] = 2
-    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
-    return params
+    names = sorted(p.stem for p in (root / "experiments").glob("*.yaml"))
+    for name in names:
+        for key, value in (("train.max_steps", 2), ("train.threads", 2), ("predict.max_rows", 2)):
+            edit(root / "experiments" / f"{name}.yaml", key, value)
+        config_stage.main([name])
+    return names
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_preset_runs_its_exact_params_on_a_tiny_model_of_its_architecture(preset, tmp_path, monkeypatch):
+def test_preset_runs_its_exact_settings_on_a_tiny_model_of_its_architecture(preset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    params = workspace(tmp_path, preset)
-    for dataset in params["convert"]:
+    names = workspace(tmp_path, preset)
+    for dataset in read_yaml(tmp_path / "params.yaml")["datasets"]:
         convert_stage.main([dataset])
-    for name in params["experiments"]:
+    for name in names:
         tokenize_stage.main([name])
         train_stage.main([name])
         for which in ("before", "after"):
             predict_stage.main([name, which])
-        if name in params["merge"]:
+        wants_merge = "merge" in read_yaml(tmp_path / "experiments" / f"{name}.yaml")
+        assert Path(f"data/config/{name}/merge.json").exists() == wants_merge
+        if wants_merge:
             merge_stage.main([name])
             assert json.loads(Path(f"models/merged/{name}/merge_check.json").read_text())["passed"]
         score_stage.main([name])
@@ -104,9 +128,8 @@ def test_preset_runs_its_exact_params_on_a_tiny_model_of_its_architecture(preset
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_fails_fast_offline_with_one_line(preset, tmp_path):
-    params = apply(default_params(), load_profile(preset))
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
-    model = next(iter(params["fetch_model"]))
+    shutil.copy(REPO / "profiles" / preset / "params.yaml", tmp_path / "params.yaml")
+    model, entry = next(iter(read_yaml(tmp_path / "params.yaml")["models"].items()))
     # the real check (can the hub be reached?) against an endpoint that refuses at once, so a machine with a
     # network does not start fetching gigabytes
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
@@ -115,4 +138,4 @@ def test_preset_fails_fast_offline_with_one_line(preset, tmp_path):
                             text=True, env=env, timeout=60)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: cannot ") and params["fetch_model"][model]["repo_id"] in lines[0]
+    assert lines[0].startswith("error: cannot ") and entry["repo_id"] in lines[0]

@@ -41,7 +41,13 @@ class Payload:
         return (Path.write_text, (self.marker, "pickle ran"))
 
 
-def test_pickled_weights_are_refused_unread(tmp_path):
+def test_pickled_weights_are_refused_unread(tmp_path, monkeypatch):
+    import torch
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("torch.load was called on a pickled weights file")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)  # refused before anything reads it, not by torch.load
     folder = write_tiny_model("llama", tmp_path / "model")
     marker = tmp_path / "pickle-ran"
     (folder / "model.safetensors").unlink()

@@ -1,4 +1,5 @@
-"""Readers that turn a dataset's raw files (its own release format) into plain records.
+"""Readers that turn a dataset's raw files into plain records: the seeds' release formats, and generic ones
+for a user's own data.
 
 A reader is `read(raw_dir: Path, options: dict, ledger: Ledger) -> Iterator[dict]`. It counts every raw
 record in `ledger.read`, yields the good ones and hands each bad one to `ledger.reject(where, reason,
@@ -7,12 +8,17 @@ record)` with 'file:line' or 'file#id' so nothing is lost. A yielded record has 
 assigns one by the hash of the record's `group` (default: its id). Records that must not straddle splits
 (the sentences of one abstract, repeated sentences) share a `group`. Kinds and their fields:
 
-- "instruction": instruction, input, output (+ optional references: list of accepted outputs)
+- "instruction": instruction, input, output (+ optional system, and references: list of accepted outputs)
+- "chat":        messages: [{role: system|user|assistant, content}], ending with an assistant turn
+- "text":        text                      (plain text for completion training)
 - "labelled":    text, (text_pair), label  (a classification example)
 - "tokens":      tokens, tags              (IOB2 sequence labelling)
 
-A reader that draws a split itself (PhraseBank's test set from a stricter agreement level) names it in
-`OWN_SPLITS`; convert then refuses split ratios that would add other rows to it.
+`OPTIONS` names the options a reader takes (with their defaults), so an experiment file with an unknown one
+fails before anything runs. `LABELS`, where a release fixes its classes, is the label order of a head;
+otherwise convert takes the `labels` option or the labels the data holds. A reader that draws a split itself
+(PhraseBank's test set from a stricter agreement level) names it in `OWN_SPLITS`; convert then refuses split
+ratios that would add other rows to it.
 
 Readers never raise on bad records; they raise StageError only when the whole input is unusable
 (no files at all, a wrong folder).
@@ -23,12 +29,19 @@ import importlib
 from types import ModuleType
 
 READERS = {
+    # the seeds' datasets, in their releases' own formats
     "collins": "stages.formats.collins",
     "dialogsum": "stages.formats.dialogsum",
     "jnlpba": "stages.formats.jnlpba",
     "mrpc": "stages.formats.mrpc",
     "phrasebank": "stages.formats.phrasebank",
     "webqa": "stages.formats.webqa",
+    # your own data, in the formats the peers (LLaMA-Factory, axolotl, TRL) take
+    "alpaca": "stages.formats.alpaca",
+    "sharegpt": "stages.formats.sharegpt",
+    "messages": "stages.formats.messages",
+    "text": "stages.formats.text",
+    "table": "stages.formats.table",
 }
 
 
@@ -39,3 +52,9 @@ def reader_module(name: str) -> ModuleType:
     if name not in READERS:
         raise StageError(f"unknown dataset format '{name}' (known: {', '.join(sorted(READERS))})")
     return importlib.import_module(READERS[name])
+
+
+def known_options(name: str) -> set[str] | None:
+    """The option names a reader takes (None: it checks its own)."""
+    options = getattr(reader_module(name), "OPTIONS", None)
+    return set(options) if options is not None else None

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from stages.common import Ledger, StageError
 
-DEFAULTS = {
+OPTIONS = {
     "instruction_template": '"{context}" What does the word "{word}" mean in this context?',
     "require_word_in_context": False,  # true: reject a row whose word is not in its context (see above)
 }
@@ -34,10 +34,10 @@ SPLITS = {"train": "train", "dev": "validation", "val": "validation", "validatio
 
 def options_of(options: dict[str, Any]) -> dict[str, Any]:
     """Defaults + checked overrides: a typo or a bad value stops the stage before any work."""
-    unknown = sorted(set(options) - set(DEFAULTS))
+    unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        raise StageError(f"collins options: unknown {unknown} (known: {', '.join(sorted(DEFAULTS))})")
-    opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+        raise StageError(f"collins options: unknown {unknown} (known: {', '.join(sorted(OPTIONS))})")
+    opts = {**OPTIONS, **{k: v for k, v in options.items() if v is not None}}
     try:
         opts["instruction_template"].format(context="", word="")
     except (KeyError, IndexError, ValueError, AttributeError) as err:

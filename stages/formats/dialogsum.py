@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 from stages.common import Ledger, StageError
 
+OPTIONS: dict = {}  # takes none
 INSTRUCTION = "Summarize the following dialogue."
 SPLIT_BY_NAME = {"train": "train", "dev": "validation", "validation": "validation", "test": "test"}
 

@@ -36,6 +36,7 @@ from typing import Any, Iterator
 from stages.common import Ledger, StageError
 
 TYPES = ["DNA", "RNA", "cell_line", "cell_type", "protein"]
+OPTIONS: dict = {}  # takes none
 LABELS = ["O"] + [f"{p}-{t}" for t in TYPES for p in "BI"]
 IOB2_SUFFIXES = {".iob2", ".iob", ".conll", ".tsv"}
 SPLIT_BY_FOLDER = {"test": "test", "eval": "test", "dev": "validation", "devel": "validation"}

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 from stages.common import Ledger, StageError
 
 HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
+OPTIONS = {"source": "auto"}  # original (the raw release) or glue (its tab-separated copy); auto: original if present
 LABELS = ["not_equivalent", "equivalent"]
 # the release's msr_paraphrase_<split>.txt, or any <prefix>paraphrase_<split>.txt (copies, samples)
 ORIGINAL = {"paraphrase_train.txt": "train", "paraphrase_test.txt": "test"}

@@ -32,7 +32,7 @@ REFUSAL_TEMPLATES = [  # no final punctuation, like the first (given) one
     "根据上文，我无法确定这个问题的答案", "很抱歉，给定的下文中找不到相关答案",
     "上述内容并未涉及这个问题，因此我无法回答", "仅凭提供的信息，我没有办法回答这个问题",
 ]
-DEFAULTS = {
+OPTIONS = {
     "prompt_template": "请根据给定下文：{evidence}\n告诉我{question}\n",
     "refusal_templates": REFUSAL_TEMPLATES,
     "answerable_ratio": None,   # answerable:refusal target, e.g. 1.0; null keeps the data as it is
@@ -47,10 +47,10 @@ SPLITS = {"train": "train", "dev": "validation", "val": "validation", "validatio
 
 def options_of(options: dict[str, Any]) -> dict[str, Any]:
     """Defaults + checked overrides: a typo or a bad value stops the stage before any work."""
-    unknown = sorted(options.keys() - DEFAULTS.keys())
+    unknown = sorted(options.keys() - OPTIONS.keys())
     if unknown:
-        raise StageError(f"webqa options: unknown {unknown}; known: {', '.join(sorted(DEFAULTS))}")
-    opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+        raise StageError(f"webqa options: unknown {unknown}; known: {', '.join(sorted(OPTIONS))}")
+    opts = {**OPTIONS, **{k: v for k, v in options.items() if v is not None}}
     try:
         opts["prompt_template"].format(evidence="", question="")
     except (KeyError, IndexError, ValueError, AttributeError) as err:

@@ -284,7 +284,7 @@ def test_real_webqa_with_the_default_params_keeps_every_answerable_question():
     import yaml
 
     raw = shared_file("webqa")
-    options = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["convert"]["webqa"]["options"]
+    options = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["datasets"]["webqa"]["options"]
     answerable_raw = sum(
         1 for path in sorted(raw.glob("*.json")) for entry in json.loads(path.read_text(encoding="utf-8")).values()
         for evidence in entry["evidences"].values() if evidence["answer"] != ["no_answer"])

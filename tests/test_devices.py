@@ -1,0 +1,81 @@
+"""Where a run computes and in what precision, decided once and recorded: the GPU selection logic with
+torch.cuda stood in for (no GPU here), and a real CPU run's recipe.json and checkpoint fingerprint."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from stages import checkpoints, memory
+from stages import tokenize as tokenize_stage
+from stages import train as train_stage
+from stages.modeling import device_description, one_process_one_gpu, resolved_precision
+from tests.test_kinds import workspace
+from tests.test_training import set_train
+
+
+def gpu(monkeypatch, count: int = 1, native_bf16: bool = True, capability=(8, 0)):
+    """torch.cuda as a machine with `count` GPUs shows it; bf16 is native (Ampere+) or only emulated."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    # a V100 or T4: is_bf16_supported() says True, counting emulation; only the native check says no
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16 or including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: f"Fake GPU {index}")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=None: (((index or 0) + 1) * 10 ** 9, 80 * 10 ** 9))
+
+
+def test_auto_precision_is_bf16_only_where_the_gpu_computes_it_natively(monkeypatch):
+    assert resolved_precision("auto") == "fp32" and resolved_precision(None) == "fp32"  # this CPU
+    gpu(monkeypatch, native_bf16=True)
+    assert resolved_precision("auto") == "bf16"
+    gpu(monkeypatch, native_bf16=False, capability=(7, 0))  # emulated bf16 would be slower than fp16
+    assert resolved_precision("auto") == "fp16"
+    assert resolved_precision("bf16") == "bf16"  # asked for, it is what it is
+
+
+def test_the_memory_check_reads_this_process_s_own_gpu(monkeypatch):
+    gpu(monkeypatch, count=2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=None: ({0: 5, 1: 9}[index], 100))
+    monkeypatch.setenv("LOCAL_RANK", "1")  # the second process under accelerate
+    assert memory.free_bytes("cuda") == 9
+    monkeypatch.delenv("LOCAL_RANK")
+    assert memory.free_bytes("cuda") == 5
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert device_description() == "cuda:1 Fake GPU 1 (compute capability 8.0)"
+
+
+@pytest.mark.parametrize("count, visible, processes, rank, after", [
+    (4, None, 1, None, "0"),        # one process, four GPUs: only the first, or the Trainer wraps DataParallel
+    (4, "2,3", 1, None, "2"),       # the first of those the user made visible
+    (1, None, 1, None, None),       # one GPU: nothing to narrow
+    (4, None, 2, None, None),       # two processes: accelerate gives each its own
+    (4, "0,1,2,3", 1, "0", "0,1,2,3"),  # already a launched process
+])
+def test_one_process_sees_one_gpu(monkeypatch, count, visible, processes, rank, after):
+    gpu(monkeypatch, count=count)
+    for name, value in (("CUDA_VISIBLE_DEVICES", visible), ("LOCAL_RANK", rank)):
+        monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
+    one_process_one_gpu(processes)
+    import os
+
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == after
+
+
+def test_the_precision_and_device_are_in_the_recipe_and_the_checkpoint_fingerprint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = workspace(tmp_path, "llama", "causal_lm", "lora")
+    set_train(tmp_path, max_steps=4, checkpoint_steps=2)
+    tokenize_stage.main([name])
+    kept = []
+    monkeypatch.setattr(checkpoints, "remove", lambda folder: kept.append(folder))  # keep them to read
+    train_stage.main([name])
+    recipe = json.loads(Path(f"models/trained/{name}/recipe.json").read_text())
+    assert (recipe["precision"], recipe["device"]) == ("fp32", "cpu")
+    fingerprint = json.loads(Path(f"checkpoints/{name}/fingerprint.json").read_text())
+    assert (fingerprint["precision"], fingerprint["device"]) == ("fp32", "cpu")
+    # checkpoints made in another precision are refused, naming it
+    with pytest.raises(Exception, match="made from other precision; delete checkpoints/toy"):
+        checkpoints.resume_from(Path(f"checkpoints/{name}"), {**fingerprint, "precision": "bf16"}, "train")
