@@ -99,6 +99,11 @@ def plan(prefix: str = "") -> dict[str, Any]:
     if not names:
         raise StageError(f"{at(str(EXPERIMENTS))}/: no experiment files (*.yaml)")
     setups = {name: resolve(name) for name in names}  # every file checked: a bad one fails the plan
+    for name, setup in setups.items():
+        gate = (setup.get("score") or {}).get("gate")
+        if gate and gate.get("experiment") not in setups:
+            raise StageError(f"experiments/{name}.yaml: score.gate.experiment {gate.get('experiment')!r} is not an "
+                             f"experiment of this profile (it has {', '.join(setups)})")
     params = read_yaml(PARAMS)
     registry = {"datasets": params.get("datasets") or {}, "models": params.get("models") or {}}
     for name, setup in setups.items():
@@ -151,7 +156,10 @@ def plan(prefix: str = "") -> dict[str, Any]:
     items = {name: {"dataset": s["dataset"], "model": s["model"], "kind": s["kind"], "method": s["method"],
                     "metric": s["metric"],
                     "accelerate": root_path(prefix, s["train"]["accelerate_config"]) if s["train"].get(
-                        "accelerate_config") else at(f"data/config/{name}/train.json")}
+                        "accelerate_config") else at(f"data/config/{name}/train.json"),
+                    # a cascade's gate: another experiment's predictions on the same rows
+                    "gate": at(f"data/predictions/{s['score']['gate']['experiment']}/after.jsonl")
+                    if (s.get("score") or {}).get("gate") else at(f"data/config/{name}/score.json")}
              for name, s in setups.items()}
     pick = lambda *keys, only=None: {n: {k: items[n][k] for k in keys} for n in items if only is None or n in only}  # noqa: E731
     data = lambda path: at(f"data/converted/${{item.dataset}}/{path}")  # noqa: E731
@@ -185,9 +193,10 @@ def plan(prefix: str = "") -> dict[str, Any]:
                      data("test.jsonl"), data("labels.json"), base]
             + ([at("models/trained/${key}")] if which == "after" else []),
             "outs": [at(f"data/predictions/${{key}}/{which}.jsonl"), at(f"data/predictions/${{key}}/{which}.settings.json")]}}
-    stages["score"] = {"foreach": pick("dataset", "metric"), "do": {
+    stages["score"] = {"foreach": pick("dataset", "metric", "gate"), "do": {
         "cmd": command("score", "${key}", prefix),
         "deps": [*code_deps("stages.score"), config_of("score"), "metrics/${item.metric}", data("labels.json"),
+                 data("test.jsonl"), "${item.gate}",
                  at("data/predictions/${key}/before.jsonl"), at("data/predictions/${key}/after.jsonl")],
         "metrics": [{at("reports/metrics/${key}.json"): {"cache": False}}]}}
     stages["report"] = {

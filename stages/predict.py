@@ -33,7 +33,7 @@ from stages.common import (
     write_json,
     write_jsonl,
 )
-from stages.settings import load_experiment
+from stages.settings import load_experiment, where
 from stages.modeling import cut_middle, device, load_base, load_tokenizer, load_trained, model_context
 
 WHICH = ("before", "after")
@@ -144,28 +144,50 @@ def likelihoods(model, tokenizer, rows: list[dict], params: dict, encoder_decode
     return scores
 
 
-def classify(model, tokenizer, rows: list[dict], params: dict, labels: list[str]) -> dict[str, Any]:
-    """A label per row (sequence head) or a tag per word from its first sub-token (token head)."""
+def classify(model, tokenizer, rows: list[dict], params: dict, labels: list[str],
+             swapped: list[dict] | None = None) -> dict[str, Any]:
+    """A label per row (sequence head) or a tag per word from its first sub-token (token head). With
+    `swapped` (the same sentence pairs in the other order), a pair's label is the one whose probability,
+    averaged over both orders, is highest: for a symmetric task the order carries no meaning."""
     import torch
 
+    def probabilities(these: list[dict]) -> dict[str, torch.Tensor]:
+        found = {}
+        for batch in batches(these, int(params["batch_size"]), "predict"):
+            features = [{k: row[k] for k in ("input_ids", "token_type_ids") if k in row} for row in batch]
+            inputs = tokenizer.pad(features, return_tensors="pt").to(model.device)
+            with torch.no_grad():
+                probs = model(**inputs).logits.float().softmax(-1)
+            found.update({row["id"]: p for row, p in zip(batch, probs)})
+        return found
+
     predictions = {}
-    for batch in batches(rows, int(params["batch_size"]), "predict"):
-        features = [{k: row[k] for k in ("input_ids", "token_type_ids") if k in row} for row in batch]
-        inputs = tokenizer.pad(features, return_tensors="pt").to(model.device)
-        with torch.no_grad():
-            best = model(**inputs).logits.argmax(-1)
-        for row, ids in zip(batch, best.tolist()):
-            if "word_ids" not in row:
-                predictions[row["id"]] = labels[ids]
-                continue
-            # word index -> the tag of its first sub-token; a word with none (cut off, or a character the
-            # tokenizer drops, such as a soft hyphen) gets none here and O in main
-            words, tags = row["word_ids"], {}
-            for i, word in enumerate(words):
-                if word >= 0 and word not in tags:
-                    tags[word] = labels[ids[i]]
-            predictions[row["id"]] = tags
+    given = probabilities(rows)
+    if swapped is not None:
+        other = probabilities(swapped)
+        return {row_id: labels[int((p + other[row_id]).argmax())] for row_id, p in given.items()}
+    for row in rows:
+        best = given[row["id"]].argmax(-1).tolist()
+        if "word_ids" not in row:
+            predictions[row["id"]] = labels[best]
+            continue
+        # word index -> the tag of its first sub-token; a word with none (cut off, or a character the
+        # tokenizer drops, such as a soft hyphen) gets none here and O in main
+        words, tags = row["word_ids"], {}
+        for i, word in enumerate(words):
+            if word >= 0 and word not in tags:
+                tags[word] = labels[best[i]]
+        predictions[row["id"]] = tags
     return predictions
+
+
+def swapped_pairs(tokenizer, rows: list[dict], records: dict[str, dict], context: int) -> list[dict]:
+    """The test pairs tokenized in the other order (text_pair first), cut to the context as tokenize cuts."""
+    encoded = tokenizer([records[r["id"]]["text_pair"] for r in rows], [records[r["id"]]["text"] for r in rows],
+                        truncation=True, max_length=context)
+    return [{"id": row["id"], "input_ids": encoded["input_ids"][i], "prompt_length": len(encoded["input_ids"][i]),
+             **({"token_type_ids": encoded["token_type_ids"][i]} if "token_type_ids" in encoded else {})}
+            for i, row in enumerate(rows)]
 
 
 def main(argv: list[str]) -> None:
@@ -216,7 +238,12 @@ def main(argv: list[str]) -> None:
                     cut += 1
         predictions = generate(model, tokenizer, rows, params, settings, encoder_decoder)
     else:
-        predictions = classify(model, tokenizer, rows, params, labels)
+        both = params.get("pair_orders") == "both"
+        if both and not all(records[r["id"]].get("text_pair") for r in rows):
+            raise StageError(f"{where(experiment, 'predict')}.pair_orders: both needs sentence pairs; "
+                             f"dataset '{setup['dataset']}' has rows without text_pair")
+        swapped = swapped_pairs(tokenizer, rows, records, model_context(base, tokenizer)) if both else None
+        predictions = classify(model, tokenizer, rows, params, labels, swapped)
         for row_id, tags in predictions.items():  # one tag per word of the record, by word index
             if isinstance(tags, dict):
                 predictions[row_id] = [tags.get(i, "O") for i in range(len(records[row_id]["tokens"]))]
@@ -231,7 +258,8 @@ def main(argv: list[str]) -> None:
                        "reference": reference_for(setup["metric"], records[row["id"]])} for row in rows))
     write_json(out.with_suffix(".settings.json"), {
         "rows": len(rows), "batch_size": int(params["batch_size"]), "decoding": settings or None,
-        "prompts_cut_to_fit": cut, "model": "base" if which == "before" else "trained"})
+        "prompts_cut_to_fit": cut, "model": "base" if which == "before" else "trained",
+        **({"pair_orders": "both"} if params.get("pair_orders") == "both" else {})})
     if cut:
         print(f"[predict] {experiment} {which}: {cut} of {len(rows)} prompts lost their middle to leave "
               f"{params['max_new_tokens']} new tokens room in the context", file=sys.stderr)

@@ -24,6 +24,7 @@ HEADLINE = {"rouge_any": "rougeL", "ner_seqeval": "f1", "label_match": "accuracy
             "perplexity": "perplexity"}  # perplexity: lower is better
 SCALE = {"ner_seqeval": "fraction"}  # seqeval reports 0-1 (as the NER literature does); the others ×100
 EXAMPLES = 3
+EXTRA = {"rule": "rule (no training)", "cascade": "cascade (gate + after)"}  # more lines on the same rows
 
 
 def read_json(path: Path) -> Any:
@@ -112,11 +113,18 @@ def experiment_section(name: str, setup: dict[str, Any], metrics: dict[str, Any]
              f"`metrics/{setup['metric']}` on {metrics['rows']} of the test split's {counts['test']['rows']} rows "
              f"before and after." + (f" {cut} test prompts were cut to the model's context." if cut else "")
              + (f" {dropped} training rows longer than tokenize.max_length were left out." if dropped else ""), "",
-             "| score | before | after | gain |", "|---|---:|---:|---:|"]
+             "| score | before | after | gain |" + "".join(f" {EXTRA[b]} |" for b in EXTRA if b in metrics),
+             "|---|---:|---:|---:|" + "---:|" * sum(b in metrics for b in EXTRA)]
     for key, before in metrics["before"].items():
         gain = metrics["gain"].get(key)
         lines.append(f"| {key} | {fmt(before)} | {fmt(metrics['after'][key])} | "
-                     f"{'' if gain is None else f'{gain:+.4g}'} |")
+                     f"{'' if gain is None else f'{gain:+.4g}'} |"
+                     + "".join(f" {fmt(metrics[b].get(key, '—'))} |" for b in EXTRA if b in metrics))
+    if any(b in metrics for b in EXTRA):
+        lines += ["", "The rule needs no training: it refuses where under a set share of the question's characters "
+                  "occur in the evidence (`score.rule`), and gives no answers, so it has no answer match. The "
+                  "cascade answers with the refusal where the gate experiment (`score.gate`) predicts refuse, and "
+                  "with this model elsewhere."]
     plot = plot_loss(name, Path("reports/train") / name / "live", out)
     lines += ["", f"Training: {summary['steps']} steps over {summary['rows']} rows, {summary['real_tokens']} "
               f"tokens, {summary['trainable_params']:,} trainable parameters, loss {summary['first_loss']:.3f} → "
@@ -166,16 +174,21 @@ COMPARE = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator
 def target_table(targets: dict[str, dict[str, str]], metrics: dict[str, Any]) -> list[str]:
     """Each experiment's `targets`: {score: ">= 82" | "<= 10" | "> before"}: each goal met or missed, in the
     report itself (the config stage has checked how each goal is written)."""
-    lines = ["## Targets", "", "| experiment | score | target | before | after | met? |",
+    lines = ["## Targets", "", "| experiment | score | target | before | result | met? |",
              "|---|---|---|---:|---:|---|"]
     for name, goals in targets.items():
-        for key, goal in goals.items():
+        for key, goal in ((key, goal) for key, each in goals.items() for goal in (each if isinstance(each, list) else [each])):
             op, _, bound = str(goal).partition(" ")
-            if key not in metrics[name]["after"]:
+            line, _, score = key.rpartition(".")  # "cascade.refusal_recall": a goal for the cascade's line
+            line = line or "after"
+            if score not in metrics[name].get(line, {}):
                 raise StageError(f"{setting(name, 'targets')}.{key}: {name} has no score {key!r} "
                                  f"(it has {', '.join(metrics[name]['after'])})")
-            before, after = metrics[name]["before"][key], metrics[name]["after"][key]
-            met = COMPARE[op](after, before if bound == "before" else float(bound))
+            before, after = metrics[name]["before"][score], metrics[name][line][score]
+            if bound == "rule" and score not in metrics[name].get("rule", {}):
+                raise StageError(f"{setting(name, 'targets')}.{key}: '{goal}' needs the rule's line (score.rule)")
+            limit = {"before": before, "rule": metrics[name].get("rule", {}).get(score)}.get(bound)
+            met = COMPARE[op](after, float(bound) if limit is None else limit)
             lines.append(f"| [{name}](#{name}) | {key} | {goal} | {fmt(before)} | {fmt(after)} | "
                          f"{'yes' if met else '**missed**'} |")
     return lines + [""]

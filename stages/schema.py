@@ -135,6 +135,7 @@ class Predict(Strict):
     batch_size: Int | None = Field(default=None, gt=0)
     threads: Int | None = Field(default=None, gt=0)
     decoding: Decoding | None = None
+    pair_orders: Literal["given", "both"] | None = None  # a head on sentence pairs: average both orders' probabilities
 
 
 class Merge(Strict):
@@ -166,20 +167,24 @@ class Experiment(Strict):
     predict: Predict | None = None
     score: dict[str, Any] | None = None  # the metric module's own options, passed to its compute()
     merge: Union[bool, Merge, None] = None  # true (or settings): fold the LoRA into its base
-    targets: dict[str, str] | None = None  # {score: ">= 82" | "<= 10" | "> before"}: judged by the report
+    # {score: ">= 82" | "<= 10" | "> before" | "> rule"}, a score of another line as "cascade.<score>": judged
+    # by the report
+    targets: dict[str, str | list[str]] | None = None
 
     @field_validator("targets")
     @classmethod
-    def goals(cls, targets: dict[str, str] | None) -> dict[str, str] | None:
-        for key, goal in (targets or {}).items():
+    def goals(cls, targets: dict[str, Any] | None) -> dict[str, Any] | None:
+        for key, goal in ((key, goal) for key, goals in (targets or {}).items()
+                          for goal in (goals if isinstance(goals, list) else [goals])):
             op, _, bound = str(goal).partition(" ")
             if op not in GOAL_OPS or not bound:
-                raise ValueError(f"{key}: {goal!r} is not '<op> <number>' or '<op> before' (op: {' '.join(GOAL_OPS)})")
-            if bound != "before":
+                raise ValueError(f"{key}: {goal!r} is not '<op> <number>', '<op> before' or '<op> rule' "
+                                 f"(op: {' '.join(GOAL_OPS)})")
+            if bound not in ("before", "rule"):
                 try:
                     float(bound)
                 except ValueError:
-                    raise ValueError(f"{key}: {bound!r} is neither a number nor 'before'") from None
+                    raise ValueError(f"{key}: {bound!r} is neither a number nor 'before' or 'rule'") from None
         return targets
 
 

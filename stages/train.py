@@ -31,6 +31,7 @@ from stages import checkpoints
 from stages.common import StageError, atomic_dir, one_item, pin_threads, read_labels, run_stage, write_json
 from stages.settings import load_experiment, where as setting
 from stages.modeling import (
+    BF16_ON_CPU,
     attach_method,
     collator_for,
     device,
@@ -97,6 +98,33 @@ def training_arguments(params: dict[str, Any], setup: dict[str, Any], scratch: P
         dataloader_num_workers=0, disable_tqdm=False)
 
 
+def bf16_weights(run: dict[str, str], kind: str, method: str) -> bool:
+    """bf16 on a CPU for a language model's adapter: the base's frozen weights are stored in bf16 (a head's
+    new classifier would be a bf16 weight that trains, so heads keep fp32, autocast where asked)."""
+    return run["precision"] == "bf16" and run["device"] == "cpu" and method in BF16_ON_CPU.get(kind, ())
+
+
+def full_precision_evaluation():
+    """A Trainer that evaluates with the frozen bf16 weights cast up to fp32 and back (exactly: they are bf16
+    values), so a bf16 run's validation loss is what an fp32 run would measure for its adapter, and the
+    two runs' curves compare: evaluated in bf16 the loss lags, rounding away much of each small update."""
+    import torch
+    from transformers import Trainer
+
+    class FullPrecisionEvaluation(Trainer):
+        def evaluate(self, *args, **kwargs):
+            frozen = [p for p in self.model.parameters() if not p.requires_grad and p.dtype == torch.bfloat16]
+            for parameter in frozen:
+                parameter.data = parameter.data.float()
+            try:
+                return super().evaluate(*args, **kwargs)
+            finally:
+                for parameter in frozen:
+                    parameter.data = parameter.data.to(torch.bfloat16)
+
+    return FullPrecisionEvaluation
+
+
 def head_accuracy(eval_prediction) -> dict[str, float]:
     """Validation accuracy of a head (per word for a token head, over the words' first sub-tokens), so
     settings can be chosen on validation by a score and not only by the loss."""
@@ -145,7 +173,7 @@ def main(argv: list[str]):
     base = Path("models/base") / setup["model"]
     scratch = checkpoints.ROOT / experiment
     one_process_one_gpu(int(params.get("processes") or 1))
-    run = {"precision": resolved_precision(params.get("precision")), "device": device_description()}
+    run = {"precision": resolved_precision(params.get("precision"), kind, method), "device": device_description()}
     # one process, before any launch, records or checks what the checkpoints are made from; the launched
     # processes read its decision from the environment
     data = checkpoints.data_digest(Path("data/tokenized") / experiment)  # for the checkpoints and the recipe
@@ -169,21 +197,27 @@ def main(argv: list[str]):
     tokenizer = load_tokenizer(base)
     budget = int(float(params["memory_limit_gb"]) * memory.GIB) if params.get("memory_limit_gb") else \
         memory.free_bytes(device(), int(params.get("processes") or 1))  # before the weights take their share
-    model = attach_method(load_base(kind, base, labels=labels, qlora=setup["qlora"]), kind, method, params, base)
+    # bf16 on a CPU, for a method that trains an adapter: the frozen base is stored and computes in bf16 and
+    # the adapter trains in fp32, with no autocast (which would cast every fp32 weight again at every step)
+    stored = "bfloat16" if bf16_weights(run, kind, method) else "float32"
+    model = attach_method(load_base(kind, base, labels=labels, qlora=setup["qlora"], dtype=stored), kind, method,
+                          params, base)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"[train] {experiment}: {kind} + {method}, {trainable:,} of {total:,} parameters trainable")
 
-    args = training_arguments(params, setup, scratch, evaluate=eval_rows is not None, precision=run["precision"])
+    args = training_arguments(params, setup, scratch, evaluate=eval_rows is not None,
+                              precision="fp32" if stored == "bfloat16" else run["precision"])
     longest = max(len(ids) for ids in train_rows["input_ids"])
     outputs = {"token_head": len(labels or []), "sequence_head": 0}.get(kind)  # None: the vocabulary
     needs = memory.check_fits(memory.estimate(
         model, int(params["batch_size"]), longest, args.optim, args.activation_checkpointing, outputs,
-        half_precision=args.bf16 or args.fp16), budget, where)
+        half_precision=args.bf16 or args.fp16 or stored == "bfloat16"), budget, where)
 
     collator = collator_for(kind, tokenizer, model)
     reports = Path("reports/train") / experiment
-    trainer = Trainer(model=model, args=args, train_dataset=train_rows, data_collator=collator,
+    trainer = (full_precision_evaluation() if stored == "bfloat16" else Trainer)(
+                      model=model, args=args, train_dataset=train_rows, data_collator=collator,
                       eval_dataset=eval_rows, compute_metrics=None if setup["generates"] else head_accuracy,
                       callbacks=[LiveCurves(reports / "live")]
                       + ([] if args.load_best_model_at_end else [checkpoints.skip_final_checkpoint()]))

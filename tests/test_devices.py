@@ -28,9 +28,17 @@ def gpu(monkeypatch, count: int = 1, native_bf16: bool = True, capability=(8, 0)
 
 
 def test_auto_precision_is_bf16_only_where_the_gpu_computes_it_natively(monkeypatch):
-    assert resolved_precision("auto") == "fp32" and resolved_precision(None) == "fp32"  # this CPU
+    from stages import modeling
+
+    monkeypatch.setattr(modeling, "cpu_computes_bf16", lambda: True)  # a CPU with AVX-512 BF16 or AMX
+    assert resolved_precision("auto", "causal_lm", "lora") == "bf16"
+    assert resolved_precision("auto", "causal_lm", "prompt_tuning") == "bf16"
+    assert resolved_precision("auto", "sequence_head", "lora") == "fp32"  # a head's classifier trains: fp32
+    assert resolved_precision("auto", "causal_lm", "full") == "fp32" and resolved_precision(None) == "fp32"
+    monkeypatch.setattr(modeling, "cpu_computes_bf16", lambda: False)  # it would be emulated, slower
+    assert resolved_precision("auto", "causal_lm", "lora") == "fp32"
     gpu(monkeypatch, native_bf16=True)
-    assert resolved_precision("auto") == "bf16"
+    assert resolved_precision("auto") == "bf16" == resolved_precision("auto", "sequence_head", "full")
     gpu(monkeypatch, native_bf16=False, capability=(7, 0))  # emulated bf16 would be slower than fp16
     assert resolved_precision("auto") == "fp16"
     assert resolved_precision("bf16") == "bf16"  # asked for, it is what it is
@@ -64,18 +72,25 @@ def test_one_process_sees_one_gpu(monkeypatch, count, visible, processes, rank, 
     assert os.environ.get("CUDA_VISIBLE_DEVICES") == after
 
 
-def test_the_precision_and_device_are_in_the_recipe_and_the_checkpoint_fingerprint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_precision_and_device_are_in_the_recipe_and_the_checkpoint_fingerprint(tmp_path, monkeypatch, precision):
     monkeypatch.chdir(tmp_path)
     name = workspace(tmp_path, "llama", "causal_lm", "lora")
-    set_train(tmp_path, max_steps=4, checkpoint_steps=2)
+    set_train(tmp_path, max_steps=4, checkpoint_steps=2, eval_steps=2, precision=precision)
     tokenize_stage.main([name])
     kept = []
     monkeypatch.setattr(checkpoints, "remove", lambda folder: kept.append(folder))  # keep them to read
-    train_stage.main([name])
+    model = train_stage.main([name])
     recipe = json.loads(Path(f"models/trained/{name}/recipe.json").read_text())
-    assert (recipe["precision"], recipe["device"]) == ("fp32", "cpu")
+    assert (recipe["precision"], recipe["device"]) == (precision, "cpu")
     fingerprint = json.loads(Path(f"checkpoints/{name}/fingerprint.json").read_text())
-    assert (fingerprint["precision"], fingerprint["device"]) == ("fp32", "cpu")
+    assert (fingerprint["precision"], fingerprint["device"]) == (precision, "cpu")
+    # bf16 on a CPU: the frozen base is stored in bf16 (still so after the evaluations, which cast it up to
+    # fp32 and back), the adapter trains in fp32
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert frozen == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     # checkpoints made in another precision are refused, naming it
     with pytest.raises(Exception, match="made from other precision; delete checkpoints/toy"):
-        checkpoints.resume_from(Path(f"checkpoints/{name}"), {**fingerprint, "precision": "bf16"}, "train")
+        other = "fp32" if precision == "bf16" else "bf16"
+        checkpoints.resume_from(Path(f"checkpoints/{name}"), {**fingerprint, "precision": other}, "train")

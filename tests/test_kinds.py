@@ -66,7 +66,8 @@ def workspace(root: Path, arch: str, kind: str, method: str) -> str:
     for split, count in (("train", 8), ("validation", 2), ("test", 3)):
         write_jsonl(converted / f"{split}.jsonl", rows_for(kind, split, count))
     write_json(converted / "labels.json", {"token_head": TAGS, "sequence_head": ["no", "yes"]}.get(kind, []))
-    train = {"learning_rate": 0.01, "epochs": 1, "max_steps": 2, "batch_size": 4, "threads": 2}
+    # fp32 whatever the CPU: these cases compare outputs exactly (bf16 storage: tests/test_devices.py)
+    train = {"learning_rate": 0.01, "epochs": 1, "max_steps": 2, "batch_size": 4, "threads": 2, "precision": "fp32"}
     if method in ("lora", "qlora"):
         train["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": TARGETS[arch]}
     if method == "prompt_tuning":

@@ -21,6 +21,18 @@ def test_targets_are_met_or_missed_against_numbers_and_the_zero_shot_score():
     assert target_table({"qa": {"recall": ">= 87.73"}}, METRICS)[-2].endswith("| yes |")  # the bound is inclusive
 
 
+def test_a_goal_can_judge_another_line_and_compare_with_the_rule():
+    metrics = {"qa": {**METRICS["qa"], "rule": {"recall": 88.6, "over": 3.2},
+                      "cascade": {"recall": 91.0, "over": 4.0, "match": 36.0}}}
+    lines = target_table({"qa": {"cascade.recall": [">= 90", "> rule"], "cascade.over": "< rule",
+                                 "cascade.match": "> before"}}, metrics)
+    rows = [line for line in lines if line.startswith("| [")]
+    assert rows == ["| [qa](#qa) | cascade.recall | >= 90 | 0 | 91 | yes |",
+                    "| [qa](#qa) | cascade.recall | > rule | 0 | 91 | yes |",
+                    "| [qa](#qa) | cascade.over | < rule | 0 | 4 | **missed** |",
+                    "| [qa](#qa) | cascade.match | > before | 33.64 | 36 | yes |"]
+
+
 def test_a_goal_for_a_score_the_metric_does_not_give_is_one_line_naming_its_key():
     with pytest.raises(StageError, match=r"^experiments/qa.yaml targets.rouge: qa has no score 'rouge' "
                                          r"\(it has recall, over, match\)$"):

@@ -39,6 +39,8 @@ OPTIONS = {
     "synthesize_refusals": 0,   # at most this many refusals made from another question's evidence, or "auto":
                                 # as many as answerable_ratio lacks, so the data's size decides, not a number
     "seed": "webqa",            # salt of every hash choice (template, down-sample, synthesis)
+    "rows": "instructions",     # or "pairs": (question, evidence) labelled answerable | refuse, the same ids and
+                                # splits: what an answerable-or-not classifier in front of the generator reads
 }
 JOIN = re.compile(r"(?<=\w)(?:\s*<e>\s*)+(?=\w)")  # "天<e>地" -> "天 地"
 CUT = re.compile(r"(?:\s*<e>\s*)+")                 # "天。<e>地" -> "天。地"
@@ -55,6 +57,8 @@ def options_of(options: dict[str, Any]) -> dict[str, Any]:
         opts["prompt_template"].format(evidence="", question="")
     except (KeyError, IndexError, ValueError, AttributeError) as err:
         raise StageError(f"webqa options: prompt_template may use only {{evidence}} and {{question}} ({err!r})")
+    if opts["rows"] not in ("instructions", "pairs"):
+        raise StageError(f"webqa options: rows is instructions or pairs, got {opts['rows']!r}")
     templates, ratio, extra = opts["refusal_templates"], opts["answerable_ratio"], opts["synthesize_refusals"]
     if not isinstance(templates, list) or not templates or not all(isinstance(t, str) and t for t in templates):
         raise StageError("webqa options: refusal_templates must be a non-empty list of non-empty strings")
@@ -163,10 +167,18 @@ def make_row(eid: str, qid: str, question: str, evidence: str, answers: list[str
     else:  # the pipeline's rule: a random choice is keyed on the id and recorded in the row
         index, refusal = stable_choice(eid, opts["refusal_templates"], salt=f"{opts['seed']}:refusal")
         row.update(output=refusal, answerable=False, refusal_template=index)
-    # group: all evidences of a question share a split, so a test question was never seen in training
-    row.update(answers=answers, synthesized=synthesized, question_id=qid, group=qid,
-               **({"split": split} if split else {}))
+    # group: all evidences of a question share a split, so a test question was never seen in training;
+    # question and evidence kept apart too, for what reads them alone (the overlap rule, a pair classifier)
+    row.update(answers=answers, synthesized=synthesized, question_id=qid, question=question, evidence=evidence,
+               group=qid, **({"split": split} if split else {}))
     return row
+
+
+def as_pair(row: dict[str, Any]) -> dict[str, Any]:
+    """The same row as a labelled (question, evidence) pair: is the evidence an answer to the question?"""
+    pair = {key: value for key, value in row.items() if key not in ("instruction", "input", "output")}
+    return {**pair, "kind": "labelled", "text": row["question"], "text_pair": row["evidence"],
+            "label": "answerable" if row["answerable"] else "refuse"}
 
 
 def synthesize(good: list[dict[str, Any]], count: int, opts: dict[str, Any],
@@ -262,4 +274,5 @@ def read(raw_dir: Path, options: dict[str, Any], ledger: Ledger,
         else:
             refusals = down_sample(refusals, max(1, round(len(answerable) / ratio)), "refusals", opts, ledger)
     kept = {id(item) for item in answerable + refusals}
-    yield from (item["row"] for item in good + made if id(item) in kept)  # convert sorts rows by id
+    shape = as_pair if opts["rows"] == "pairs" else (lambda row: row)
+    yield from (shape(item["row"]) for item in good + made if id(item) in kept)  # convert sorts rows by id

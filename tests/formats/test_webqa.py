@@ -75,8 +75,20 @@ def test_answerable_row_exact(tmp_path):
         "id": "Q_T_1#0", "kind": "instruction",
         "instruction": "请根据给定下文：北京是中国的首都，也是全国的政治中心。\n告诉我中国的首都是哪里？\n",
         "input": "", "output": "北京", "answerable": True, "refusal_template": None, "answers": ["北京"],
-        "synthesized": False, "question_id": "Q_T_1", "group": "Q_T_1"}
+        "synthesized": False, "question_id": "Q_T_1", "question": "中国的首都是哪里？",
+        "evidence": "北京是中国的首都，也是全国的政治中心。", "group": "Q_T_1"}
     assert (ledger.read, len(rows), ledger.rejected) == (8, 8, [])
+
+
+def test_pairs_are_the_same_rows_as_question_and_evidence_labelled(tmp_path):
+    rows, _ = run(small(tmp_path))
+    pairs, _ = run(small(tmp_path / "again"), {"rows": "pairs"})
+    assert set(pairs) == set(rows)  # the same ids, so the same splits: a test question stays a test question
+    pair = pairs["Q_T_1#0"]
+    assert (pair["kind"], pair["text"], pair["text_pair"], pair["label"]) == (
+        "labelled", "中国的首都是哪里？", "北京是中国的首都，也是全国的政治中心。", "answerable")
+    assert {pairs[i]["label"] for i in pairs if not rows[i]["answerable"]} <= {"refuse"}
+    assert "instruction" not in pair and pair["group"] == "Q_T_1"
 
 
 def test_e_separator_is_a_space_between_words_and_nothing_beside_punctuation(tmp_path):
