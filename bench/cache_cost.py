@@ -44,12 +44,14 @@ def dvc(workspace: Path, *args: str) -> float:
 
 
 def stale(workspace: Path) -> list[str]:
-    done = subprocess.run([DVC, "status", "--json"], cwd=workspace, capture_output=True, text=True, check=True)
+    # the default's dvc.yaml only: a profile's own dvc.yaml (profiles/*/) is another pipeline
+    done = subprocess.run([DVC, "status", "--json", "dvc.yaml"], cwd=workspace, capture_output=True, text=True,
+                          check=True)
     return sorted(json.loads(done.stdout or "{}"))
 
 
 def scratch_copy(into: Path) -> Path:
-    big = {".venv", "checkpoints", "data", "models", "dvc_plots"}
+    big = {".venv", "checkpoints", "data", "models", "dvc_plots", "profiles"}  # profiles: other pipelines
     shutil.copytree(ROOT, into, symlinks=True, ignore=lambda folder, names: [
         n for n in names if (Path(folder) == ROOT and n in big) or (Path(folder).name == ".dvc" and n in ("cache", "tmp"))])
     for folder in ("data", "models"):  # read-only here: hard links cost no disk
@@ -66,13 +68,15 @@ def lock_entries(lock: str) -> list[str]:
 
 
 def link_copy(source: Path, target_path: Path) -> None:
-    if target_path.exists() or not source.exists():
+    """Hard-link source's files to target_path; a folder that is there already (a file of it was linked as
+    another stage's dep first) gets the files it lacks."""
+    if not source.exists():
         return
-    target_path.parent.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
-        subprocess.run(["cp", "-al", str(source), str(target_path)], check=True)
-    else:
-        os.link(source, target_path)
+    for file in (sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]):
+        linked = target_path / file.relative_to(source) if source.is_dir() else target_path
+        if not linked.exists():
+            linked.parent.mkdir(parents=True, exist_ok=True)
+            os.link(file, linked)
 
 
 def multiply(workspace: Path, factor: int) -> int:
@@ -206,6 +210,7 @@ def measure(factors: tuple[int, ...] = (1, 10, 100), repeats: int = 3) -> dict[s
             if factor == factors[-1] and factor > 1:
                 row["params_share_of_status"] = round(params_share(workspace, Path(tmp) / "status.prof"), 3)
             results.append(row)
+            print(f"[bench] cache at {factor}x: {json.dumps(row)}", flush=True)  # a long run shows each scale
             shutil.rmtree(workspace, ignore_errors=True)
     section["rows"] = results
     base = results[0]

@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "profiles"
 
@@ -40,7 +42,10 @@ def targets(folder: str, only: list[str] | None) -> list[str]:
     missing = [name for name in only if not (experiments / f"{name}.yaml").exists()]
     if missing:
         raise SystemExit(f"error: --only names experiments the profile does not have: {missing}")
-    return [f"{dvcfile}:score@{name}" for name in only]
+    # score needs everything up to the predictions; merge is a leaf of its own, so it is named where it is planned
+    merged = yaml.safe_load((ROOT / dvcfile).read_text())["stages"].get("merge", {}).get("foreach", {})
+    return [f"{dvcfile}:{stage}@{name}" for name in only for stage in ("score", "merge")
+            if stage == "score" or name in merged]
 
 
 def main() -> None:

@@ -139,3 +139,15 @@ def test_preset_fails_fast_offline_with_one_line(preset, tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: cannot ") and entry["repo_id"] in lines[0]
+
+
+def test_only_runs_an_experiment_s_merge_as_well_as_its_score():
+    """`--only` names score@<exp> (which pulls in everything up to the predictions) and, for an experiment
+    that merges, merge@<exp>: a leaf no other stage needs, which a run of score alone leaves out."""
+    from flows.profile import targets
+
+    assert targets("profiles/real", ["webqa-lora", "mrpc-head"]) == [
+        "profiles/real/dvc.yaml:score@webqa-lora", "profiles/real/dvc.yaml:merge@webqa-lora",
+        "profiles/real/dvc.yaml:score@mrpc-head"]
+    with pytest.raises(SystemExit, match="does not have"):
+        targets("profiles/real", ["no-such-experiment"])
