@@ -234,6 +234,8 @@ def test_stop_strings_end_answers_and_seeded_sampling_repeats(tmp_path, monkeypa
     assert any(len(s) < len(t) for s, t in zip(stopped, greedy))
     sampled = predict_with(do_sample=True, temperature=1.0, seed=5)
     assert sampled == predict_with(do_sample=True, temperature=1.0, seed=5) != greedy
+    # the decoding seed itself decides the draw, not only the experiment's seed that `before` starts from
+    assert predict_with(do_sample=True, temperature=1.0, seed=6) != sampled
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
