@@ -46,7 +46,9 @@ def locked_objects(repo: Path) -> dict[str, str]:
     lock_file = repo / "dvc.lock"
     if not lock_file.exists():
         return {}
-    lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
+    # libyaml's loader where PyYAML has it: the pure-Python one took 0.5 s of a no-op flow run on 123 stages
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    lock = yaml.load(lock_file.read_text(encoding="utf-8"), Loader=loader) or {}
     return {out["md5"]: out["path"] for stage in (lock.get("stages") or {}).values()
             for out in stage.get("outs") or [] if out.get("md5")}
 

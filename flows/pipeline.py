@@ -28,6 +28,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # telemetry would try the network
@@ -170,13 +171,19 @@ def pipeline(targets: list[str] | None = None, repo: str = ".", retries: int = 2
     """Bring the targets (default: the profile's whole pipeline) up to date stage by stage, then publish the
     results. Stages in `force` run even if DVC finds them up to date."""
     repo = str(Path(repo).resolve())
-    verify_cache(repo)  # a damaged cache object would otherwise be checked out as if it were the output
+    # Four checks before any stage, two at a time (each is mostly a dvc or python process starting up, and a
+    # no-op run is nothing but these): the cache check reads dvc.lock, which the plan never writes, and
+    # `dvc dag` takes no lock, so it reads dvc.yaml beside `dvc status`.
+    cache_checked = verify_cache.submit(repo)  # a damaged cache object would be checked out as the output
     write_plan(repo, profile)
-    graph = stage_graph(repo, profile)
+    cache_checked.result()
+    with ThreadPoolExecutor(2) as pool:
+        graph_read = pool.submit(stage_graph, repo, profile)
+        stale = stale_stages(repo, profile)
+        graph = graph_read.result()
     prefix = f"{profile}/dvc.yaml:" if profile else ""
     targets = [t if t.startswith(prefix) else prefix + t for t in targets or []] or None
     force = [t if t.startswith(prefix) else prefix + t for t in force or []]
-    stale = stale_stages(repo, profile)
     stale = set(graph) if stale is None else stale | set(force)
     delays = exponential_backoff(backoff_factor=retry_delay_seconds)(retries) if retries else 0
     stage_task = repro_stage.with_options(retries=retries, retry_delay_seconds=delays)
