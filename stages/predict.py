@@ -14,6 +14,12 @@ prompts were cut to leave the new tokens room in the context (never silently). A
 sentence or a tag per word (its first sub-token's). Each output row holds the id, the input as a reader
 would see it, the prompt as the model saw it, the prediction and the reference the metric compares it with,
 so a row can be inspected without joining files.
+
+A generator behind a gate (score.gate: a pair classifier decides whether to refuse) must answer where the gate
+lets a row through. `predict.answer_anyway` lists refusal openings: rows whose prediction opens with one are
+generated again with the tokens those refusals opened with barred at the first new position only (generate's
+begin_suppress_tokens), and that answer is kept beside the prediction as `answer` (the prediction stays what
+the model said on its own, so both are scored).
 """
 from __future__ import annotations
 
@@ -82,7 +88,9 @@ def batches(rows: list[dict], size: int, desc: str):
         yield ordered[start:start + size]
 
 
-def generate(model, tokenizer, rows: list[dict], params: dict, settings: dict, encoder_decoder: bool) -> dict[str, str]:
+def generate(model, tokenizer, rows: list[dict], params: dict, settings: dict, encoder_decoder: bool,
+             barred: list[int] | None = None, first_tokens: dict[str, int] | None = None) -> dict[str, str]:
+    """Each row's answer; `barred` tokens may not open one; `first_tokens`, if given, gets each answer's first token."""
     import torch
     from transformers import set_seed
 
@@ -106,9 +114,12 @@ def generate(model, tokenizer, rows: list[dict], params: dict, settings: dict, e
         with torch.no_grad():
             output = model.generate(input_ids=torch.tensor(ids, device=model.device),
                                     attention_mask=torch.tensor(mask, device=model.device),
-                                    pad_token_id=pad_id, **options)
-        new_tokens = output if encoder_decoder else output[:, width:]
+                                    pad_token_id=pad_id, **options,
+                                    **({"begin_suppress_tokens": barred} if barred else {}))
+        new_tokens = output[:, 1:] if encoder_decoder else output[:, width:]  # past the decoder's start token
         for row, tokens in zip(batch, new_tokens):
+            if first_tokens is not None:
+                first_tokens[row["id"]] = int(tokens[0])
             text = tokenizer.decode(tokens, skip_special_tokens=True)
             for stop in stops:
                 text = text.split(stop, 1)[0]
@@ -225,7 +236,7 @@ def main(argv: list[str]) -> None:
     rows = sorted(rows, key=lambda row: row["id"])[: params.get("max_rows") or None]
     converted = {r["id"]: r for r in read_jsonl(Path("data/converted") / setup["dataset"] / "test.jsonl")}
     records = {row["id"]: converted[source_id(row["id"])] for row in rows}  # a long text's pieces share one
-    cut = 0
+    cut, answers, answered_again = 0, None, 0
     if setup["metric"] == "perplexity":
         predictions = likelihoods(model, tokenizer, rows, params, bool(getattr(model.config, "is_encoder_decoder", False)))
     elif setup["generates"]:
@@ -236,7 +247,16 @@ def main(argv: list[str]) -> None:
                 if row["prompt_length"] > room:
                     row.update(input_ids=cut_middle(row["input_ids"][:row["prompt_length"]], room), prompt_length=room)
                     cut += 1
-        predictions = generate(model, tokenizer, rows, params, settings, encoder_decoder)
+        firsts: dict[str, int] = {}
+        predictions = generate(model, tokenizer, rows, params, settings, encoder_decoder, first_tokens=firsts)
+        if params.get("answer_anyway"):
+            refused = [row for row in rows if predictions[row["id"]].startswith(tuple(params["answer_anyway"]))]
+            # the tokens these refusals really opened with (an opening's own tokenization may differ in context)
+            barred = sorted({firsts[row["id"]] for row in refused})
+            again = generate(model, tokenizer, refused, params, settings, encoder_decoder, barred=barred)
+            answers, answered_again = {row["id"]: again.get(row["id"], predictions[row["id"]]) for row in rows}, len(again)
+            print(f"[predict] {experiment} {which}: {answered_again} of {len(rows)} rows opened with a refusal; "
+                  f"answered again without it", file=sys.stderr)
     else:
         both = params.get("pair_orders") == "both"
         if both and not all(records[r["id"]].get("text_pair") for r in rows):
@@ -254,12 +274,14 @@ def main(argv: list[str]) -> None:
         return tokenizer.decode(row["input_ids"][:row["prompt_length"]]) if scored else None
 
     write_jsonl(out, ({"id": row["id"], "input": shown_input(records[row["id"]]), "prompt": prompt(row),
-                       "prediction": predictions[row["id"]],
+                       "prediction": predictions[row["id"]], **({"answer": answers[row["id"]]} if answers else {}),
                        "reference": reference_for(setup["metric"], records[row["id"]])} for row in rows))
     write_json(out.with_suffix(".settings.json"), {
         "rows": len(rows), "batch_size": int(params["batch_size"]), "decoding": settings or None,
         "prompts_cut_to_fit": cut, "model": "base" if which == "before" else "trained",
-        **({"pair_orders": "both"} if params.get("pair_orders") == "both" else {})})
+        **({"pair_orders": "both"} if params.get("pair_orders") == "both" else {}),
+        **({"answer_anyway": params["answer_anyway"],
+            "answered_again": answered_again} if answers else {})})
     if cut:
         print(f"[predict] {experiment} {which}: {cut} of {len(rows)} prompts lost their middle to leave "
               f"{params['max_new_tokens']} new tokens room in the context", file=sys.stderr)

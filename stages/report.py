@@ -124,7 +124,7 @@ def experiment_section(name: str, setup: dict[str, Any], metrics: dict[str, Any]
         lines += ["", "The rule needs no training: it refuses where under a set share of the question's characters "
                   "occur in the evidence (`score.rule`), and gives no answers, so it has no answer match. The "
                   "cascade answers with the refusal where the gate experiment (`score.gate`) predicts refuse, and "
-                  "with this model elsewhere."]
+                  "with this model elsewhere (its answer past its own refusal where `predict.answer_anyway` is set)."]
     plot = plot_loss(name, Path("reports/train") / name / "live", out)
     lines += ["", f"Training: {summary['steps']} steps over {summary['rows']} rows, {summary['real_tokens']} "
               f"tokens, {summary['trainable_params']:,} trainable parameters, loss {summary['first_loss']:.3f} → "

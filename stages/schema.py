@@ -136,6 +136,15 @@ class Predict(Strict):
     threads: Int | None = Field(default=None, gt=0)
     decoding: Decoding | None = None
     pair_orders: Literal["given", "both"] | None = None  # a head on sentence pairs: average both orders' probabilities
+    # a generator behind a gate (score.gate): rows opening with one of these are generated again without it
+    answer_anyway: list[str] | None = None
+
+    @field_validator("answer_anyway")
+    @classmethod
+    def openings(cls, phrases: list[str] | None) -> list[str] | None:
+        if phrases is not None and not all(phrase.strip() for phrase in phrases):
+            raise ValueError("a list of non-empty strings (the openings of the refusals to answer past)")
+        return phrases
 
 
 class Merge(Strict):
@@ -260,6 +269,8 @@ def resolve(name: str, root: Path = Path(".")) -> dict[str, Any]:
             continue
         if section == "predict" and KINDS[kind].generates:
             keys = (*keys, "max_new_tokens")
+        elif section == "predict" and (setup.get("predict") or {}).get("answer_anyway"):
+            raise StageError(f"{where}: predict: answer_anyway applies to a model that generates, not a {kind}")
         values = setup.get(section) or {}
         missing = [key for key in keys if values.get(key) is None]
         if missing:

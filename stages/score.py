@@ -80,8 +80,9 @@ def extra_lines(experiment: str, setup: dict, options: dict, after: dict, ids: l
         if missing:
             raise StageError(f"{setting(experiment, 'score')}.gate: {gate['experiment']} has no prediction for "
                              f"{len(missing)} test rows (first {missing[0]}): it must predict the same rows")
-        rows = [{"prediction": reply if gated[i]["prediction"] == gate["refuse"] else after[i]["prediction"],
-                 "reference": after[i]["reference"]} for i in ids]
+        # where the gate lets a row through, the generator's answer past its own refusal (predict.answer_anyway)
+        rows = [{"prediction": reply if gated[i]["prediction"] == gate["refuse"]
+                 else after[i].get("answer", after[i]["prediction"]), "reference": after[i]["reference"]} for i in ids]
         lines["cascade"] = score_rows(metric, rows, options)
     return lines
 

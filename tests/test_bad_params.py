@@ -58,6 +58,10 @@ def run(tmp_path: Path, experiment: dict, module: str = "config", env: dict | No
     ({"dataset": {"path": "x.json", "format": "alpaca", "options": {"colums": {}}}},
      ": dataset options: unknown ['colums'] for format alpaca (known: columns)"),
     ({"dataset": {"path": "x.json", "format": "jsonl"}}, ":3: dataset.format: unknown format 'jsonl'"),
+    ({"predict": {"answer_anyway": [" "]}}, ":7: predict.answer_anyway: a list of non-empty strings (the openings "
+                                             "of the refusals to answer past), got [' ']"),
+    ({"kind": "sequence_head", "method": "full", "metric": "label_match", "predict": {"answer_anyway": ["no"]}},
+     ": predict: answer_anyway applies to a model that generates, not a sequence_head"),
 ])
 def test_a_bad_experiment_fails_in_the_config_stage_with_one_line(tmp_path, change, message):
     experiment = {k: v for k, v in {**GOOD, **change}.items() if v is not None}

@@ -23,7 +23,7 @@ ROWS = [  # question, evidence, answers ([]: the evidence does not answer)
 ]
 
 
-def webqa_workspace(root: Path, gate: bool) -> str:
+def webqa_workspace(root: Path, gate: bool, answer_anyway: bool = False) -> str:
     write_yaml(root / "params.yaml", {"datasets": {"qa": {"path": "raw", "format": "webqa"}},
                                       "models": {"tiny": {"path": "tiny"}}})
     write_jsonl(root / "data/converted/qa/test.jsonl", [
@@ -35,9 +35,12 @@ def webqa_workspace(root: Path, gate: bool) -> str:
         score["gate"] = {"experiment": "qa-gate", "refuse": "refuse"}
     # the generator alone: answers a1, refuses a2 (over-refusal), answers r1 (missed), refuses r2
     after = {"a1": "北京", "a2": REFUSE, "r1": "北京", "r2": REFUSE}
+    # predict.answer_anyway: the rows the generator refused, answered again past the refusal (a2 right, r2 wrong)
+    again = {"a1": "北京", "a2": "六千三百公里", "r1": "北京", "r2": "五千公里"} if answer_anyway else {}
     for which, answers in (("before", {i: "不知道" for i in after}), ("after", after)):
         write_jsonl(root / f"data/predictions/qa/{which}.jsonl", [
-            {"id": i, "prediction": answers[i], "reference": a} for i, _, _, a in ROWS])
+            {"id": i, "prediction": answers[i], **({"answer": again[i]} if which == "after" and again else {}),
+             "reference": a} for i, _, _, a in ROWS])
     # the gate: refuses r1 and r2, lets a1 and a2 through
     write_jsonl(root / "data/predictions/qa-gate/after.jsonl", [
         {"id": i, "prediction": "refuse" if not a else "answerable", "reference": "x"} for i, _, _, a in ROWS])
@@ -57,6 +60,48 @@ def test_the_rule_and_the_cascade_are_scored_on_the_same_rows(tmp_path, monkeypa
     # cascade: the gate refuses r1, r2; a1 and a2 get the generator's answers (a2 its refusal)
     assert (scores["cascade"]["refusal_recall"], scores["cascade"]["over_refusal_rate"]) == (100.0, 50.0)
     assert scores["cascade"]["answer_match"] == 100.0
+
+
+def test_the_cascade_answers_where_the_gate_lets_a_row_through_and_the_generator_alone_is_unchanged(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    score_stage.main([webqa_workspace(tmp_path, gate=True, answer_anyway=True)])
+    scores = json.loads(Path("reports/metrics/qa.json").read_text())
+    assert (scores["after"]["refusal_recall"], scores["after"]["over_refusal_rate"]) == (50.0, 50.0)
+    # the gate refuses r1, r2; a2 now gets the answer past the generator's refusal: nothing over-refused
+    assert (scores["cascade"]["refusal_recall"], scores["cascade"]["over_refusal_rate"]) == (100.0, 0.0)
+    assert scores["cascade"]["answer_match"] == 100.0 and scores["cascade"]["answerable_not_refused"] == 2
+
+
+def test_rows_that_open_with_a_refusal_are_answered_again_without_its_first_token(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    monkeypatch.chdir(tmp_path)
+    # the tiny GPT-Neo's greedy answers are varied text
+    name = workspace(tmp_path, "gpt_neo", "causal_lm", "lora")
+    from stages import config as config_stage
+    from stages import tokenize as tokenize_stage
+
+    tokenize_stage.main([name])
+
+    def predict_with(**options) -> list[dict]:
+        edit(Path(f"experiments/{name}.yaml"), "predict", {"batch_size": 2, "max_new_tokens": 6, **options})
+        config_stage.main([name])
+        predict_stage.main([name, "before"])
+        return [json.loads(line) for line in Path(f"data/predictions/{name}/before.jsonl").read_text().splitlines()]
+
+    greedy = predict_with()
+    assert all("answer" not in row for row in greedy)
+    tokenizer = AutoTokenizer.from_pretrained("models/base/tiny")
+    opening = tokenizer.decode(tokenizer.encode(greedy[0]["prediction"])[:1]).strip()  # its first token: a "refusal"
+    assert opening
+    rows = predict_with(answer_anyway=[opening])
+    assert [row["prediction"] for row in rows] == [row["prediction"] for row in greedy]  # what it said on its own
+    refused = [row for row in rows if row["prediction"].startswith(opening)]
+    assert refused and all(not row["answer"].startswith(opening) for row in refused)
+    assert all(row["answer"] == row["prediction"] for row in rows if row not in refused)
+    settings = json.loads(Path(f"data/predictions/{name}/before.settings.json").read_text())
+    assert (settings["answer_anyway"], settings["answered_again"]) == ([opening], len(refused))
 
 
 def test_both_orders_of_a_pair_average_the_head_s_probabilities(tmp_path, monkeypatch):
