@@ -189,7 +189,8 @@ def target_table(targets: dict[str, dict[str, str]], metrics: dict[str, Any]) ->
                 raise StageError(f"{setting(name, 'targets')}.{key}: '{goal}' needs the rule's line (score.rule)")
             limit = {"before": before, "rule": metrics[name].get("rule", {}).get(score)}.get(bound)
             met = COMPARE[op](after, float(bound) if limit is None else limit)
-            lines.append(f"| [{name}](#{name}) | {key} | {goal} | {fmt(before)} | {fmt(after)} | "
+            shown = f"{goal} ({fmt(limit)})" if bound == "rule" else goal  # the rule's own figure beside it
+            lines.append(f"| [{name}](#{name}) | {key} | {shown} | {fmt(before)} | {fmt(after)} | "
                          f"{'yes' if met else '**missed**'} |")
     return lines + [""]
 

@@ -28,8 +28,8 @@ def test_a_goal_can_judge_another_line_and_compare_with_the_rule():
                                  "cascade.match": "> before"}}, metrics)
     rows = [line for line in lines if line.startswith("| [")]
     assert rows == ["| [qa](#qa) | cascade.recall | >= 90 | 0 | 91 | yes |",
-                    "| [qa](#qa) | cascade.recall | > rule | 0 | 91 | yes |",
-                    "| [qa](#qa) | cascade.over | < rule | 0 | 4 | **missed** |",
+                    "| [qa](#qa) | cascade.recall | > rule (88.6) | 0 | 91 | yes |",
+                    "| [qa](#qa) | cascade.over | < rule (3.2) | 0 | 4 | **missed** |",
                     "| [qa](#qa) | cascade.match | > before | 33.64 | 36 | yes |"]
 
 
