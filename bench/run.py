@@ -1,6 +1,6 @@
 """Every benchmark in one run: our way against the naive way and the tool users would pick instead.
 
-    make bench                     # or: python bench/run.py [--only cache tokenize training generation merge]
+    make bench                     # or: python bench/run.py [--only cache tokenize training generation merge memory]
 
 Writes reports/bench.json (every figure and its inputs) and reports/bench.md (the same as tables, targets
 first). Ratios are measured within this run, on this machine, with the same threads: absolute times on a
@@ -21,7 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import ROOT  # noqa: E402
 
-SECTIONS = ("cache", "tokenize", "training", "generation", "merge")
+SECTIONS = ("cache", "tokenize", "training", "generation", "merge", "memory")
 
 
 def run_section(name: str) -> dict[str, Any]:
@@ -37,8 +37,11 @@ def run_section(name: str) -> dict[str, Any]:
     if name == "generation":
         import generation_speed
         return generation_speed.measure()
-    import merge_memory
-    return merge_memory.measure(layers=12)
+    if name == "merge":
+        import merge_memory
+        return merge_memory.measure(layers=12)
+    import training_memory
+    return training_memory.measure()
 
 
 def gpu_section() -> dict[str, Any]:
