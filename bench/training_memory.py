@@ -5,20 +5,21 @@
 The estimate decides whether a run starts (it stops one that would not fit, before the hour it would
 waste), so it must not undershoot. Each variant runs one forward and backward pass of SmolLM2-135M (the
 default's models/base/smollm2-135m) as the train stage sets it up on a CPU with bf16: frozen base weights
-stored in bf16, LoRA weights in fp32. Each runs in a fresh process, and its step's memory is that
-process's VmHWM (peak resident) less its resident memory just before the forward pass, so the weights
-loaded before it do not count. The estimate's matching part is its activations plus gradients.
+stored in bf16, LoRA weights in fp32 (peft keeps an adapter over a bf16 base in fp32), loaded and wrapped
+by the stage's own functions. Each runs in a fresh process, and its step's memory is that process's VmHWM
+(peak resident) less its resident memory just before the forward pass, so the weights loaded before it do
+not count. The estimate's matching part is its activations plus gradients.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "models/base/smollm2-135m"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import SMOLLM2, child, gib, target  # noqa: E402
+
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 ALL_LINEAR = ATTENTION + ["gate_proj", "up_proj", "down_proj"]
 VARIANTS = {  # name: (target modules, lora dropout, attention implementation)
@@ -28,56 +29,48 @@ VARIANTS = {  # name: (target modules, lora dropout, attention implementation)
     "attention adapters, eager attention": (ATTENTION, 0.05, "eager"),
 }
 
+# the train stage's own loading and adapter (stages.modeling), its bf16 storage for a CPU adapter run
 STEP = """
 import json, sys, torch
-sys.path.insert(0, sys.argv[1])
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
+from pathlib import Path
+from harness import peak_rss
 from stages.memory import estimate
-model_dir, targets, dropout, attention, batch, length = sys.argv[2], sys.argv[3].split(","), float(sys.argv[4]), \\
-    sys.argv[5], int(sys.argv[6]), int(sys.argv[7])
+from stages.modeling import attach_method, load_base
+folder, targets, dropout, attention, batch, length = Path(sys.argv[1]), sys.argv[2].split(","), \\
+    float(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 torch.set_num_threads(2)
 torch.manual_seed(0)
-model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation=attention)
-model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules=targets,
-                                         task_type="CAUSAL_LM"))
-for parameter in model.parameters():  # the train stage keeps what trains in fp32
-    if parameter.requires_grad:
-        parameter.data = parameter.data.float()
-model.train()
+model = load_base("causal_lm", folder, dtype="bfloat16")
+model.set_attn_implementation(attention)
+lora = {"r": 16, "alpha": 32, "dropout": dropout, "target_modules": targets}
+model = attach_method(model, "causal_lm", "lora", {"lora": lora}, folder).train()
 parts = estimate(model, batch, length, "adamw_torch", False, None, half_precision=True)
-def status(field):
-    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field)) * 1024
 ids = torch.randint(100, model.config.vocab_size - 100, (batch, length))
-before = status("VmRSS:")
+before = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:"))
 model(input_ids=ids, labels=ids).loss.backward()
-print(json.dumps({"measured": status("VmHWM:") - before, "estimated": parts["activations"] + parts["gradients"]}))
+result = {"measured": peak_rss() - before, "estimated": parts["activations"] + parts["gradients"],
+          "fp32_trainable": all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)}
 """
 
 
-def one_step(targets: list[str], dropout: float, attention: str, batch: int, length: int) -> dict[str, int]:
-    done = subprocess.run([sys.executable, "-c", STEP, str(ROOT), str(MODEL), ",".join(targets), str(dropout),
-                           attention, str(batch), str(length)], capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def measure(batch: int = 8, length: int = 512) -> dict:
-    if not MODEL.exists():
-        raise SystemExit(f"{MODEL}: not found (run `make repro` first: the default fetches SmolLM2)")
+    if not SMOLLM2.exists():
+        raise SystemExit(f"{SMOLLM2}: not found (run `make repro` first: the default fetches SmolLM2)")
     rows, worst = [], 0.0
     for name, (targets, dropout, attention) in VARIANTS.items():
-        step = one_step(targets, dropout, attention, batch, length)
+        step, _, _, _ = child(STEP, str(SMOLLM2), ",".join(targets), str(dropout), attention, str(batch), str(length))
+        assert step["fp32_trainable"], "the adapter should train in fp32 over the bf16 base, as in the train stage"
         ratio = step["measured"] / step["estimated"]
         worst = max(worst, ratio)
-        rows.append({"variant": name, "estimated_gib": round(step["estimated"] / 2**30, 2),
-                     "measured_gib": round(step["measured"] / 2**30, 2), "measured_per_estimated": round(ratio, 2)})
+        rows.append({"variant": name, "estimated_gib": gib(step["estimated"]), "measured_gib": gib(step["measured"]),
+                     "measured_per_estimated": round(ratio, 2)})
         print(f"[bench] training memory: {name}: {rows[-1]}", flush=True)
     return {"title": "Training memory: the estimate against a measured LoRA step",
             "inputs": {"model": "SmolLM2-135M (bf16 frozen base, LoRA r 16 in fp32)", "batch": batch,
                        "tokens per row": length, "threads": 2},
             "rows": rows,
-            "targets": [{"name": "measured / estimated, worst variant", "value": round(worst, 2),
-                         "goal": "<= 1.1 (the estimate may not undershoot)", "met": worst <= 1.1}],
+            "targets": [target("measured / estimated, worst variant", worst,
+                               "<= 1.1 (the estimate may not undershoot)", worst <= 1.1)],
             "notes": ["One step's peak resident memory less the resident memory before it; the estimate's "
                       "activations and gradients for the same model, batch and length."]}
 
