@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stages.common import Ledger  # noqa: E402
-from stages.convert import convert  # noqa: E402
+from tunepipe.ledger import Ledger  # noqa: E402
+from tunepipe.conversion import convert  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPLIT = {"train": 0.8, "validation": 0.1, "test": 0.1}

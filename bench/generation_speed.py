@@ -1,6 +1,6 @@
 """Generation: the predict stage's batched greedy decoding against one row at a time, same outputs.
 
-Both call stages.predict.generate on the same real DialogSum dev prompts with SmolLM2-135M-Instruct (fp32,
+Both call tunepipe.generation.generate on the same real DialogSum dev prompts with SmolLM2-135M-Instruct (fp32,
 greedy): once in batches of 16 (rows sorted by prompt length, left-padded; predict.<exp>.batch_size), once
 with batch size 1, as the seeds generated. The rows' answers are compared text for text.
 """
@@ -16,10 +16,10 @@ from harness import SMOLLM2, dialogsum_records, target
 def measure(rows: int = 32, batch: int = 16, new_tokens: int = 48, threads: int = 2) -> dict[str, Any]:
     import torch
 
-    from stages.common import pin_threads
-    from stages.modeling import load_base, load_tokenizer
-    from stages.predict import generate
-    from stages.tokenize import encode_causal
+    from tunepipe.devices import pin_threads
+    from tunepipe.loading import load_base, load_tokenizer
+    from tunepipe.generation import generate
+    from tunepipe.encoders import encode_causal
 
     pin_threads(threads)
     records, source = dialogsum_records("validation", rows, seed=2)

@@ -26,8 +26,8 @@ SMOLLM2 = ROOT / "models/base/smollm2-135m"
 def dialogsum_records(split: str, rows: int | None = None, seed: int = 0) -> tuple[list[dict[str, Any]], str]:
     """Converted DialogSum instruction records (the convert stage's own reader): the real release from
     ../shared/data when present, else the embedded samples; a seeded sample of `rows` of them."""
-    from stages.common import Ledger
-    from stages.formats.dialogsum import read
+    from tunepipe.ledger import Ledger
+    from tunepipe.formats.dialogsum import read
 
     real = SHARED / "dialogsum"
     source = real if real.exists() else ROOT / "data/samples/dialogsum"

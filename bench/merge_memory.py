@@ -1,4 +1,4 @@
-"""Peak memory of a LoRA merge: shard by shard (stages/lora_shards.py) vs peft's whole-model merge_and_unload.
+"""Peak memory of a LoRA merge: shard by shard (tunepipe/lora_shards.py) vs peft's whole-model merge_and_unload.
 
     python bench/merge_memory.py [--layers 26] [--hidden 1024] [--shard-size 250MB] [--keep DIR]
 
@@ -34,7 +34,7 @@ BY_SHARD = """
 import resource, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
-from stages.lora_shards import merge_by_shard
+from tunepipe.lora_shards import merge_by_shard
 merge_by_shard(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
 print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')))
 """
@@ -74,7 +74,7 @@ def identical(first: Path, second: Path) -> bool:
     import torch
     from safetensors import safe_open
 
-    from stages.lora_shards import shard_files
+    from tunepipe.lora_shards import shard_files
 
     def where(folder: Path) -> dict[str, Path]:
         names = {}
@@ -115,7 +115,7 @@ def measure(layers: int = 26, hidden: int = 1024, shard_size: str = "250MB", kee
                        "adapter": "LoRA r 16 on q/k/v/o/gate/up/down", "processes": "each merge in a fresh one"},
             "rows": [{"way": "whole model (peft merge_and_unload)", "peak_gib": round(whole_peak / 2**30, 2),
                       "seconds": round(whole_s, 1)},
-                     {"way": "shard by shard (stages/lora_shards.py)", "peak_gib": round(shard_peak / 2**30, 2),
+                     {"way": "shard by shard (tunepipe/lora_shards.py)", "peak_gib": round(shard_peak / 2**30, 2),
                       "seconds": round(shard_s, 1)}],
             "targets": [{"name": "peak memory, shard by shard / whole model", "value": round(ratio, 3),
                          "goal": "< 0.5x", "met": ratio < 0.5},

@@ -17,9 +17,9 @@ from transformers import AutoTokenizer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stages.common import Ledger  # noqa: E402
-from stages.formats.dialogsum import read  # noqa: E402
-from stages.tokenize import encode_causal  # noqa: E402
+from tunepipe.ledger import Ledger  # noqa: E402
+from tunepipe.formats.dialogsum import read  # noqa: E402
+from tunepipe.encoders import encode_causal  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/dialogsum/dialogsum.train.2021-05.pydict.jsonl"
 

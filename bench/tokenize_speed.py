@@ -1,6 +1,6 @@
 """The tokenize stage against the seeds' way, and how it scales.
 
-Our way: stages/tokenize.py (chunks of records, one batched tokenizer call per chunk, offsets for the
+Our way: the tokenize stage (tunepipe/tokenization.py) (chunks of records, one batched tokenizer call per chunk, offsets for the
 prompt mask, Arrow written as it goes). The seeds' way: a per-example `Dataset.map` that renders the same
 chat template, tokenizes each row alone padded to max_length, masks the prompt, and saves the padded Arrow.
 Both read the same real DialogSum rows and run in this process with the same threads. Then the stage
@@ -50,7 +50,7 @@ def workspace(folder: Path, records: list[dict[str, Any]], copies: int) -> Path:
 def seeds_way(records: list[dict[str, Any]], tokenizer, out: Path) -> None:
     from datasets import Dataset
 
-    from stages.tokenize import prompt_text
+    from tunepipe.encoders import prompt_text
 
     def encode(record):
         messages = [{"role": "user", "content": prompt_text(record)}]
@@ -70,9 +70,6 @@ def measure(rows: int = 2000, factors: tuple[int, ...] = (1, 10, 100), ratio_cop
     import torch
     from transformers import AutoTokenizer
 
-    from stages import tokenize
-    from stages.tokenize import prompt_text
-
     datasets.disable_progress_bars()
     records, source = dialogsum_records("train", rows)
     tokenizer = AutoTokenizer.from_pretrained(SMOLLM2)
@@ -84,57 +81,70 @@ def measure(rows: int = 2000, factors: tuple[int, ...] = (1, 10, 100), ratio_cop
                    "lengths": f"mean {sum(lengths) / len(lengths):.0f} text tokens per row; max_length {MAX_LENGTH}",
                    "threads": f"{torch.get_num_threads()} (the Rust tokenizer's own pool for batched calls)"}}
     with tempfile.TemporaryDirectory(prefix="bench-tokenize-") as tmp:
-        def ours(folder: Path) -> float:
-            here = os.getcwd()
-            os.chdir(folder)
-            try:
-                started = time.perf_counter()
-                tokenize.main(["bench"])
-                return time.perf_counter() - started
-            finally:
-                os.chdir(here)
+        against_seeds(section, records, tokenizer, tmp, ratio_copies)
+        scaling(section, records, tmp, factors)
+    return section
 
-        def seeds(rows: list[dict[str, Any]], name: str) -> float:
+
+def against_seeds(section: dict[str, Any], records: list[dict[str, Any]], tokenizer, tmp: str, ratio_copies: int) -> None:
+    """The stage, the seeds' per-example map and the Rust tokenizer's floor, on the same rows."""
+    from stages import tokenize
+    from tunepipe.encoders import prompt_text
+
+    def ours(folder: Path) -> float:
+        here = os.getcwd()
+        os.chdir(folder)
+        try:
             started = time.perf_counter()
-            seeds_way(rows, tokenizer, Path(tmp) / name)
+            tokenize.main(["bench"])
             return time.perf_counter() - started
+        finally:
+            os.chdir(here)
 
-        # both warmed once on a few rows (imports, template compilation), then timed on `ratio_copies` x rows
-        ours(workspace(Path(tmp) / "warm", records[:200], 1))
-        seeds(records[:200], "seeds-warm")
-        timed = len(records) * ratio_copies
-        ours_s = ours(workspace(Path(tmp) / "ours", records, ratio_copies))
-        seeds_s = seeds(records * ratio_copies, "seeds")
-        section["rows"].append({"way": "tokenize stage (batched, streamed, no padding)", "rows": timed,
-                                "seconds": round(ours_s, 2), "rows_per_s": round(timed / ours_s)})
-        section["rows"].append({"way": "per-example Dataset.map, padded to max_length (the seeds')", "rows": timed,
-                                "seconds": round(seeds_s, 2), "rows_per_s": round(timed / seeds_s)})
-        section["targets"].append(target("tokenization rows/s, ours / seeds'", seeds_s / ours_s, ">= 5x",
-                                         seeds_s / ours_s >= 5))
-        # the floor: the Rust tokenizer's own batched encode of the same rendered texts, nothing else
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": prompt_text(r)},
-                                                {"role": "assistant", "content": r["output"]}], tokenize=False)
-                 for r in records * ratio_copies]
+    def seeds(rows: list[dict[str, Any]], name: str) -> float:
         started = time.perf_counter()
-        tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
-        floor = time.perf_counter() - started
-        section["rows"].append({"way": "floor: the Rust tokenizer's batched encode alone", "rows": timed,
-                                "seconds": round(floor, 2), "rows_per_s": round(timed / floor)})
-        section["notes"].append(
-            f"the tokenizer itself takes {floor / ours_s:.0%} of the stage's time; the seeds' loop costs "
-            f"{seeds_s / floor:.1f}x that floor: a stage calling this tokenizer is at most that much faster than "
-            "the seeds' loop even with nothing else to do. The rest of ours is reading JSON, rendering the chat "
-            "template and writing Arrow.")
+        seeds_way(rows, tokenizer, Path(tmp) / name)
+        return time.perf_counter() - started
 
-        scaling = []
-        for factor in factors:
-            folder = workspace(Path(tmp) / f"x{factor}", records, factor)
-            _, seconds, peak, allocated = child(STAGE, str(folder))
-            scaling.append({"rows": len(records) * factor, "seconds": round(seconds, 1), "peak_gib": gib(peak),
-                            "peak_allocated_gib": gib(allocated),
-                            "rows_per_s_with_startup": round(len(records) * factor / seconds)})
-        section["scaling"] = scaling
-    first, last = scaling[0], scaling[-1]
+    # both warmed once on a few rows (imports, template compilation), then timed on `ratio_copies` x rows
+    ours(workspace(Path(tmp) / "warm", records[:200], 1))
+    seeds(records[:200], "seeds-warm")
+    timed = len(records) * ratio_copies
+    ours_s = ours(workspace(Path(tmp) / "ours", records, ratio_copies))
+    seeds_s = seeds(records * ratio_copies, "seeds")
+    section["rows"].append({"way": "tokenize stage (batched, streamed, no padding)", "rows": timed,
+                            "seconds": round(ours_s, 2), "rows_per_s": round(timed / ours_s)})
+    section["rows"].append({"way": "per-example Dataset.map, padded to max_length (the seeds')", "rows": timed,
+                            "seconds": round(seeds_s, 2), "rows_per_s": round(timed / seeds_s)})
+    section["targets"].append(target("tokenization rows/s, ours / seeds'", seeds_s / ours_s, ">= 5x",
+                                     seeds_s / ours_s >= 5))
+    # the floor: the Rust tokenizer's own batched encode of the same rendered texts, nothing else
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": prompt_text(r)},
+                                            {"role": "assistant", "content": r["output"]}], tokenize=False)
+             for r in records * ratio_copies]
+    started = time.perf_counter()
+    tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    floor = time.perf_counter() - started
+    section["rows"].append({"way": "floor: the Rust tokenizer's batched encode alone", "rows": timed,
+                            "seconds": round(floor, 2), "rows_per_s": round(timed / floor)})
+    section["notes"].append(
+        f"the tokenizer itself takes {floor / ours_s:.0%} of the stage's time; the seeds' loop costs "
+        f"{seeds_s / floor:.1f}x that floor: a stage calling this tokenizer is at most that much faster than "
+        "the seeds' loop even with nothing else to do. The rest of ours is reading JSON, rendering the chat "
+        "template and writing Arrow.")
+
+
+def scaling(section: dict[str, Any], records: list[dict[str, Any]], tmp: str, factors: tuple[int, ...]) -> None:
+    """The stage in a child process on x1, x10, x100 the rows: its time and its peak memory."""
+    rows = []
+    for factor in factors:
+        folder = workspace(Path(tmp) / f"x{factor}", records, factor)
+        _, seconds, peak, allocated = child(STAGE, str(folder))
+        rows.append({"rows": len(records) * factor, "seconds": round(seconds, 1), "peak_gib": gib(peak),
+                     "peak_allocated_gib": gib(allocated),
+                     "rows_per_s_with_startup": round(len(records) * factor / seconds)})
+    section["scaling"] = rows
+    first, last = rows[0], rows[-1]
     growth = (last["seconds"] - first["seconds"]) / max(first["seconds"], 1e-9)
     held = last["peak_allocated_gib"] / first["peak_allocated_gib"]
     section["targets"].append(target(f"peak allocated memory at {last['rows']} rows / at {first['rows']}", held,
@@ -144,7 +154,6 @@ def measure(rows: int = 2000, factors: tuple[int, ...] = (1, 10, 100), ratio_cop
                             "the stage itself holds.")
     section["notes"].append(f"time grows {growth:.0f}x from x1 to x{factors[-1]} (startup of about "
                             f"{first['seconds']:.0f} s is in every figure of the scaling table)")
-    return section
 
 
 if __name__ == "__main__":

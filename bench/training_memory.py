@@ -1,4 +1,4 @@
-"""The train stage's memory estimate (stages/memory.py) against one measured LoRA training step.
+"""The train stage's memory estimate (tunepipe/memory.py) against one measured LoRA training step.
 
     python bench/training_memory.py [--batch 8] [--length 512]
 
@@ -29,13 +29,13 @@ VARIANTS = {  # name: (target modules, lora dropout, attention implementation)
     "attention adapters, eager attention": (ATTENTION, 0.05, "eager"),
 }
 
-# the train stage's own loading and adapter (stages.modeling), its bf16 storage for a CPU adapter run
+# the train stage's own loading and adapter (tunepipe/loading.py), its bf16 storage for a CPU adapter run
 STEP = """
 import json, sys, torch
 from pathlib import Path
 from harness import peak_rss
-from stages.memory import estimate
-from stages.modeling import attach_method, load_base
+from tunepipe.memory import estimate
+from tunepipe.loading import attach_method, load_base
 folder, targets, dropout, attention, batch, length = Path(sys.argv[1]), sys.argv[2].split(","), \\
     float(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 torch.set_num_threads(2)

@@ -11,9 +11,7 @@ non-padding tokens of the batches trained; a variant's rate is useful tokens ove
 - sftt: trl.SFTTrainer with SFTConfig's defaults (only steps, seed, threads and the LoRA set), the rows given
   as prompt/completion conversations.
 - bf16: ours under CPU bf16 autocast.
-Then why bf16's loss curve lags fp32's (`diagnose_bf16`): one fixed batch trained a few steps with AdamW in
-fp32, in bf16, and in bf16 with the LoRA path kept in fp32, logging both the loss the step computed and the
-fp32 loss of the weights it reached.
+Then why bf16's loss curve lags fp32's (bench/bf16_curves.py).
 """
 from __future__ import annotations
 
@@ -24,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bf16_curves import DIAGNOSE, bf16_figures
 from harness import SMOLLM2, child, cpu_has_bf16, dialogsum_records, matmul_rate, target
 
 BENCH = Path(__file__).resolve().parent
@@ -36,114 +35,66 @@ result = run_variant(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]
 """
 
 
-CURVE_TOLERANCE = 0.02  # largest per-step loss gap to fp32 that would let bf16 be the CPU default
-DIAGNOSE = f"""
-sys.path.insert(0, {str(BENCH)!r})
-from training_speed import diagnose_bf16
-result = diagnose_bf16(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
-"""
+def sft_trainer(rows: list[dict], tokenizer, scratch: str, steps: int, batch: int):
+    """TRL's SFTTrainer with its defaults, on the rows as prompt and completion turns."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from tunepipe.loading import load_base
+
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
+                               "completion": [{"role": "assistant", "content": r["output"]}]} for r in rows])
+    config = SFTConfig(output_dir=scratch, max_steps=steps, seed=0, use_cpu=True, report_to="none",
+                       per_device_train_batch_size=batch, disable_tqdm=True)
+    lora = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                      target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
+    model = load_base("causal_lm", SMOLLM2)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora)
+    settings = {k: getattr(config, k) for k in ("bf16", "gradient_checkpointing", "max_length", "packing",
+                                                "learning_rate", "train_sampling_strategy")}
+    return trainer, model, settings
 
 
-def diagnose_bf16(rows_file: str, batch: int, threads: int, steps: int = 3) -> dict[str, Any]:
-    """One fixed batch, AdamW, a few steps, in each precision: the loss each step computed, and the fp32
-    loss of the weights it started from (the same forward for all three, so only the weights differ)."""
-    import torch
+def our_trainer(variant: str, rows: list[dict], tokenizer, scratch: str, steps: int, batch: int, threads: int):
+    """The train stage's own model, collator and TrainingArguments on the tokenized rows."""
+    from datasets import Dataset
+    from transformers import Trainer, set_seed
 
-    from stages.common import pin_threads
-    from stages.modeling import attach_method, collator_for, load_base, load_tokenizer
+    from tunepipe.collators import collator_for
+    from tunepipe.loading import attach_method, load_base
+    from tunepipe.training import training_arguments
 
-    pin_threads(threads)
-    rows = json.loads(Path(rows_file).read_text())[:batch]
-    tokenizer = load_tokenizer(SMOLLM2)
-    params = {"lora": {**LORA, "dropout": 0.0}}
-    result = {}
-    for mode in ("fp32", "bf16", "bf16-fp32-adapters"):
-        torch.manual_seed(0)
-        model = attach_method(load_base("causal_lm", SMOLLM2), "causal_lm", "lora", params, SMOLLM2)
-        if mode == "bf16-fp32-adapters":
-            fp32_adapters(model)
-        inputs = collator_for("causal_lm", tokenizer, model)([{"input_ids": r["input_ids"], "labels": r["labels"]}
-                                                              for r in rows])
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4, weight_decay=0.0)
-        logged, fp32_loss = [], []
-        for _ in range(steps):
-            with torch.no_grad():
-                fp32_loss.append(round(model(**inputs).loss.item(), 4))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode != "fp32"):
-                loss = model(**inputs).loss
-            logged.append(round(loss.item(), 4))
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        result[mode] = {"logged": logged, "fp32_loss": fp32_loss}
-    return result
-
-
-def fp32_adapters(model) -> int:
-    """Run every LoRA A/B in fp32 with autocast off: under bf16 autocast their small early updates are
-    otherwise rounded away when added to the frozen layer's bf16 output."""
-    import torch
-
-    class Float32Linear(torch.nn.Linear):
-        def forward(self, x):
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                return super().forward(x.float())
-
-    count = 0
-    for name, module in model.named_modules():
-        if (name.split(".")[-2:-1] in (["lora_A"], ["lora_B"])) and type(module) is torch.nn.Linear:
-            module.__class__ = Float32Linear
-            count += 1
-    return count
+    set_seed(0)
+    data = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    params = {"lora": LORA, "learning_rate": 5e-4, "epochs": 1, "max_steps": steps, "batch_size": batch,
+              "threads": threads, "precision": "bf16" if variant == "bf16" else "fp32",
+              "sampling": "random" if variant == "padded" else "group_by_length", "checkpoint_steps": 10**6}
+    setup = {"seed": 0, "method": "lora", "generates": True}
+    model = attach_method(load_base("causal_lm", SMOLLM2), "causal_lm", "lora", params, SMOLLM2)
+    collator = collator_for("causal_lm", tokenizer, model)
+    if variant == "padded":
+        collator.padding, collator.max_length = "max_length", MAX_LENGTH
+    args = training_arguments(params, setup, Path(scratch), evaluate=False, precision=params["precision"])
+    args.disable_tqdm = True
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator)
+    return trainer, model, {"sampling": params["sampling"], "precision": params["precision"]}
 
 
 def run_variant(variant: str, rows_file: str, steps: int, batch: int, threads: int) -> dict[str, Any]:
     import time
 
     import torch
-    from datasets import Dataset
 
-    from stages.common import pin_threads
-    from stages.modeling import attach_method, collator_for, load_base, load_tokenizer
+    from tunepipe.devices import pin_threads
+    from tunepipe.loading import load_tokenizer
 
     pin_threads(threads)
     rows = json.loads(Path(rows_file).read_text())
     tokenizer = load_tokenizer(SMOLLM2)
     scratch = tempfile.mkdtemp(prefix="bench-train-")
-    if variant == "sftt":
-        from peft import LoraConfig
-        from trl import SFTConfig, SFTTrainer
-
-        data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
-                                   "completion": [{"role": "assistant", "content": r["output"]}]} for r in rows])
-        config = SFTConfig(output_dir=scratch, max_steps=steps, seed=0, use_cpu=True, report_to="none",
-                           per_device_train_batch_size=batch, disable_tqdm=True)
-        lora = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                          target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
-        model = load_base("causal_lm", SMOLLM2)
-        trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
-                             peft_config=lora)
-        settings = {k: getattr(config, k) for k in ("bf16", "gradient_checkpointing", "max_length", "packing",
-                                                    "learning_rate", "train_sampling_strategy")}
-    else:
-        from transformers import Trainer, set_seed
-
-        from stages.train import training_arguments
-
-        set_seed(0)
-        data = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-        params = {"lora": LORA, "learning_rate": 5e-4, "epochs": 1, "max_steps": steps, "batch_size": batch,
-                  "threads": threads, "precision": "bf16" if variant == "bf16" else "fp32",
-                  "sampling": "random" if variant == "padded" else "group_by_length", "checkpoint_steps": 10**6}
-        setup = {"seed": 0, "method": "lora", "generates": True}
-        model = attach_method(load_base("causal_lm", SMOLLM2), "causal_lm", "lora", params, SMOLLM2)
-        collator = collator_for("causal_lm", tokenizer, model)
-        if variant == "padded":
-            collator.padding, collator.max_length = "max_length", MAX_LENGTH
-        args = training_arguments(params, setup, Path(scratch), evaluate=False)
-        args.disable_tqdm = True
-        trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator)
-        settings = {"sampling": params["sampling"], "precision": params["precision"]}
+    trainer, model, settings = (sft_trainer(rows, tokenizer, scratch, steps, batch) if variant == "sftt"
+                                else our_trainer(variant, rows, tokenizer, scratch, steps, batch, threads))
     inner = trainer.data_collator
     counts = {"real": 0, "padded": 0}
 
@@ -168,8 +119,8 @@ def run_variant(variant: str, rows_file: str, steps: int, batch: int, threads: i
 def measure(rows: int = 1000, steps: int = 5, batch: int = 8, threads: int = 2) -> dict[str, Any]:
     """`rows` is the pool each trainer's sampler draws from (a training set: length grouping needs one of
     some size to find batches of like lengths); each trains `steps` x `batch` rows of it."""
-    from stages.modeling import load_tokenizer
-    from stages.tokenize import encode_causal, prompt_text
+    from tunepipe.encoders import encode_causal
+    from tunepipe.loading import load_tokenizer
 
     records, source = dialogsum_records("train", int(rows * 1.1), seed=1)
     tokenizer = load_tokenizer(SMOLLM2)
@@ -182,6 +133,18 @@ def measure(rows: int = 1000, steps: int = 5, batch: int = 8, threads: int = 2) 
                    "lengths": f"mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)} tokens",
                    "steps": f"{steps} of batch {batch}", "threads": threads}}
     bf16 = cpu_has_bf16()
+    results = run_variants(section, encoded, steps, batch, threads, bf16)
+    rate = speeds(section, results)
+    utilisation(section, results, threads)
+    bf16_figures(section, results, rate, steps, bf16)
+    return section
+
+
+def run_variants(section: dict[str, Any], encoded: list, steps: int, batch: int, threads: int,
+                 bf16: bool) -> dict[str, dict]:
+    """Each variant in its own child process on the same rows; bf16 twice more for byte-determinism."""
+    from tunepipe.encoders import prompt_text
+
     variants = ["ours", "padded", "sftt"] + (["bf16"] if bf16 else [])
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
@@ -196,6 +159,11 @@ def measure(rows: int = 1000, steps: int = 5, batch: int = 8, threads: int = 2) 
             section["notes"].append(f"bf16, two runs of 2 steps: LoRA weights "
                                     f"{'identical' if again[0] == again[1] else 'DIFFER'} ({again[0]} / {again[1]})")
             section["bf16_diagnosis"], _, _, _ = child(DIAGNOSE, str(rows_file), str(batch), str(threads))
+    return results
+
+
+def speeds(section: dict[str, Any], results: dict[str, dict]) -> dict[str, float]:
+    """Useful tokens per second of each variant, and the targets against padding and SFTTrainer."""
     rate = {}
     for variant, r in results.items():
         rate[variant] = r["real_tokens"] / r["seconds"]
@@ -216,6 +184,10 @@ def measure(rows: int = 1000, steps: int = 5, batch: int = 8, threads: int = 2) 
         section["targets"].append(target("useful tokens/s, ours in bf16 / SFTTrainer defaults (bf16)",
                                          rate["bf16"] / rate["sftt"], ">= 1.5x", rate["bf16"] / rate["sftt"] >= 1.5))
 
+    return rate
+
+
+def utilisation(section: dict[str, Any], results: dict[str, dict], threads: int) -> None:
     # model FLOPs utilisation: LoRA does ~4 x parameters FLOPs per token (forward, and the backward pass's
     # activation gradients; frozen weights get no weight gradient), counted over every token it computed
     parameters = results["ours"]["parameters"]
@@ -240,31 +212,6 @@ def measure(rows: int = 1000, steps: int = 5, batch: int = 8, threads: int = 2) 
         f"and the optimizer are work it leaves out, and a matmul of the model's own shape runs at {shaped:.0f} "
         f"GFLOP/s, {shaped / fp32_rate:.0%} of the square one: ours reaches "
         f"{mfu['ours'] * fp32_rate / shaped:.0%} of that shaped rate.")
-    if bf16:
-        section["notes"].append("bf16 under autocast re-casts every frozen fp32 weight to bf16 in every forward "
-                                "and keeps norms, softmax and the loss in fp32, so it reaches a small share of the "
-                                "bf16 matmul rate; weights stored in bf16 would remove the casts.")
-        speedup = rate["bf16"] / rate["ours"]
-        section["targets"].append(target("bf16 / fp32 tokens/s", speedup, ">= 1.7x", speedup >= 1.7))
-        gap = max(abs(a - b) for a, b in zip(results["bf16"]["losses"], results["ours"]["losses"]))
-        section["notes"].append(f"bf16 against fp32 on the same batches: largest per-step loss gap {gap:.3f} over "
-                                f"{steps} steps")
-        diagnosis = section["bf16_diagnosis"]
-        logged = max(abs(a - b) for a, b in zip(diagnosis["bf16"]["logged"], diagnosis["fp32"]["logged"]))
-        weights = max(abs(a - b) for a, b in zip(diagnosis["bf16"]["fp32_loss"], diagnosis["fp32"]["fp32_loss"]))
-        adapters = max(abs(a - b) for a, b in zip(diagnosis["bf16"]["logged"], diagnosis["bf16-fp32-adapters"]["logged"]))
-        section["targets"].append(target(f"bf16 curve: largest gap of the logged loss to fp32 (fixed batch)", logged,
-                                         f"<= {CURVE_TOLERANCE} to make bf16 the CPU default",
-                                         logged <= CURVE_TOLERANCE))
-        section["notes"].append(
-            f"why bf16's curve lags: on one fixed batch the loss bf16 logs trails fp32's by up to {logged:.3f}, but "
-            f"the same bf16-trained weights scored in fp32 trail by only {weights:.3f}: the gradients agree, the "
-            "weights learn alike; the bf16 forward pass rounds activations to 8 bits of mantissa, which hides "
-            f"much of each small update from the loss it computes. Keeping the LoRA path in fp32 moves the logged "
-            f"curve by at most {adapters:.3f}: it is not the rounding of the adapter's add to the frozen output.")
-    else:
-        section["notes"].append("bf16: skipped, this CPU has no avx512_bf16 / amx_bf16")
-    return section
 
 
 if __name__ == "__main__":

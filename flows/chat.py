@@ -17,9 +17,10 @@ import sys
 import threading
 from pathlib import Path
 
-from stages.common import StageError, run_stage
-from stages.settings import load_experiment
-from stages.sources import data_params
+from tunepipe.errors import StageError
+from tunepipe.stage import run_stage
+from tunepipe.settings import load_experiment
+from tunepipe.sources import data_params
 
 MODELS = ("base", "adapter", "merged")
 
@@ -41,7 +42,8 @@ def pick_model(experiment: str, setup: dict, which: str | None) -> tuple[str, Pa
 
 
 def load(setup: dict, which: str, folder: Path):
-    from stages.modeling import device, load_base, load_tokenizer, load_trained
+    from tunepipe.devices import device
+    from tunepipe.loading import load_base, load_tokenizer, load_trained
 
     base = Path("models/base") / setup["model"]
     if which == "adapter":
@@ -58,9 +60,9 @@ def prompt_ids(tokenizer, text: str, system: str | None, history: list[dict], en
         return tokenizer(text + ("" if encoder_decoder else "\n\n"))["input_ids"]
     messages = ([{"role": "system", "content": system}] if system else []) + history + [
         {"role": "user", "content": text}]
-    from stages.tokenize import _ids
+    from tunepipe.encoders import ids_of
 
-    return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    return ids_of(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
 
 
 def answer(model, tokenizer, ids: list[int], options: dict, stream) -> str:
@@ -103,7 +105,7 @@ def answer(model, tokenizer, ids: list[int], options: dict, stream) -> str:
     return "".join(pieces).strip()
 
 
-def main(argv: list[str]) -> None:
+def arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m flows.chat", description=__doc__.splitlines()[0])
     parser.add_argument("experiment")
     parser.add_argument("--model", choices=MODELS, help="default: merged, else adapter, else base")
@@ -116,7 +118,30 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.temperature is not None and args.temperature <= 0:
         raise StageError("--temperature: a number > 0 (leave it out for greedy decoding)")
+    return args
 
+
+def converse(reply, no_stream: bool) -> None:
+    """One conversation at the prompt; its turns go back through the chat template."""
+    history: list[dict] = []
+    while True:
+        try:
+            text = input("> ")
+        except EOFError:
+            print()
+            return
+        if text.strip() in ("", "/exit", "/quit"):
+            if text.strip():
+                return
+            continue
+        response = reply(text, history)
+        if no_stream:
+            print(response)
+        history += [{"role": "user", "content": text}, {"role": "assistant", "content": response}]
+
+
+def main(argv: list[str]) -> None:
+    args = arguments(argv)
     setup = load_experiment(args.experiment, "predict")
     if not setup["generates"]:
         raise StageError(f"{args.experiment}: a {setup['kind']} predicts labels, it does not chat "
@@ -124,7 +149,7 @@ def main(argv: list[str]) -> None:
     which, folder = pick_model(args.experiment, setup, args.model)
     template = None
     if args.evidence is not None:
-        from stages.formats.webqa import OPTIONS
+        from tunepipe.formats.webqa import OPTIONS
         spec, _ = data_params(setup["dataset"])
         template = {**OPTIONS, **(spec.get("options") or {})}["prompt_template"]
     system = load_experiment(args.experiment, "tokenize")["tokenize"].get("system_prompt")
@@ -145,26 +170,12 @@ def main(argv: list[str]) -> None:
         ids = prompt_ids(tokenizer, text, system, history, encoder_decoder)
         return answer(model, tokenizer, ids, options, None if args.no_stream else sys.stdout)
 
-    if args.prompt is not None:
-        text = reply(args.prompt, [])
-        if args.no_stream:
-            print(text)
+    if args.prompt is None:
+        converse(reply, args.no_stream)
         return
-    history: list[dict] = []
-    while True:  # one conversation; its turns go back through the chat template
-        try:
-            text = input("> ")
-        except EOFError:
-            print()
-            return
-        if text.strip() in ("", "/exit", "/quit"):
-            if text.strip():
-                return
-            continue
-        response = reply(text, history)
-        if args.no_stream:
-            print(response)
-        history += [{"role": "user", "content": text}, {"role": "assistant", "content": response}]
+    text = reply(args.prompt, [])
+    if args.no_stream:
+        print(text)
 
 
 if __name__ == "__main__":

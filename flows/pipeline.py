@@ -42,7 +42,7 @@ from prefect.tasks import exponential_backoff  # noqa: E402
 from flows.artifacts import publish_results  # noqa: E402
 from flows.cache_check import verify_cache  # noqa: E402
 from flows.dvc_cli import StageFailed, TransientStageFailure, command_env, dvc, error_lines  # noqa: E402
-from stages.common import TRANSIENT_EXIT  # noqa: E402
+from tunepipe.errors import TRANSIENT_EXIT  # noqa: E402
 
 BUSY = "is being blocked by"  # DVC's message when another dvc process holds a stage's outputs or dependencies
 LOCK_POLL_SECONDS, LOCK_WAIT_SECONDS = 2.0, 24 * 3600.0

@@ -42,7 +42,7 @@ def followed_sources(repo: str, graph: dict[str, list[str]], profile: str = "") 
     experiment's own dataset)."""
     import os
 
-    from stages.sources import data_params
+    from tunepipe.sources import data_params
 
     here = os.getcwd()
     os.chdir(Path(repo) / profile)  # the stages read a profile's files from its folder

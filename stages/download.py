@@ -12,7 +12,7 @@ retraining flow re-runs these downloads every time (flows/retrain.py); their byt
 A network failure exits with TRANSIENT_EXIT, which the Prefect flow retries; a wrong file fails at once.
 
 Untrusted input is bounded: `extract: true` unpacks a downloaded archive (zip, tar, tar.gz/bz2/xz) refusing
-members that leave the folder, links and device files (stages/archives.py); `max_bytes` and `max_files` (default
+members that leave the folder, links and device files (tunepipe/archives.py); `max_bytes` and `max_files` (default
 20 GiB and 200,000) stop any source that is far larger than a dataset should be, and a local folder's symbolic
 links may not point outside it.
 
@@ -20,104 +20,15 @@ dvc.yaml watches a local source's `path`; for url and hub sources the pin in par
 """
 from __future__ import annotations
 
-import hashlib
-import http.client
-import shutil
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
-from stages.archives import DEFAULT_LIMITS, Budget, unpack_in_place
-from stages.common import (
-    COMMIT,
-    StageError,
-    TransientError,
-    atomic_dir,
-    one_item,
-    require,
-    require_hub,
-    run_stage,
-    sha256_file,
-)
-from stages.sources import data_params
-
-OFFLINE_HINT = ("To work offline, give the dataset a `path:` to a folder or file holding the raw files "
-                "(source: local).")
-
-
-def copy_local(source: Path, out: Path, budget: Budget) -> int:
-    if not source.exists():
-        raise StageError(f"local source {source} does not exist")
-    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
-    files = [p for p in files if not p.name.startswith(".")]
-    if not files:
-        raise StageError(f"local source {source} holds no files")
-    root = source.resolve() if source.is_dir() else source.resolve().parent
-    for path in files:
-        if path.is_symlink() and not path.resolve().is_relative_to(root):
-            raise StageError(f"local source {source}: {path.relative_to(source)} is a link to {path.resolve()}, "
-                             "outside the source folder; copy the file in instead")
-        budget.add_file(str(path))
-        budget.add_bytes(path.stat().st_size, str(path))
-    for path in files:
-        target = out / (path.name if source.is_file() else path.relative_to(source))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)  # bytes only: mtimes and modes must not leak into the output
-    return len(files)
-
-
-def fetch_url(url: str, sha256: str | None, out: Path, budget: Budget) -> int:
-    """Download `url` into `out`; with a sha256 pin, refuse other bytes (sha256 None: a followed source). A cut
-    connection raises, and atomic_dir then leaves no output: an interrupted download never looks complete."""
-    target = out / Path(url.split("?")[0]).name
-    digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response, open(target, "wb") as handle:
-            budget.add_file(url)
-            declared = int(response.headers.get("Content-Length") or 0)
-            budget.check_declared(declared, url)  # before reading
-            received = 0
-            for block in iter(lambda: response.read(1 << 20), b""):
-                budget.add_bytes(len(block), url)
-                received += len(block)
-                digest.update(block)
-                handle.write(block)
-            if declared and received < declared:  # read(n) ends quietly when the server hangs up early
-                raise TransientError(f"cannot download {url}: the connection closed after {received} of "
-                                     f"{declared} bytes. {OFFLINE_HINT}")
-    except urllib.error.HTTPError as err:  # the server answered: only overload and its own errors may pass
-        error = TransientError if err.code in (408, 429) or err.code >= 500 else StageError
-        raise error(f"cannot download {url} (HTTP {err.code} {err.reason}). {OFFLINE_HINT}") from None
-    except ValueError as err:  # not a URL urllib can open
-        raise StageError(f"cannot download {url} ({err})") from None
-    except (OSError, http.client.HTTPException) as err:  # timeout, refused or dropped connection, cut-off body
-        raise TransientError(f"cannot download {url} ({type(err).__name__}: {err}). {OFFLINE_HINT}") from None
-    if sha256 is not None and digest.hexdigest() != sha256.lower():
-        raise StageError(f"{url}: sha256 is {digest.hexdigest()}, the dataset's pin is {sha256}: refusing changed data")
-    return 1
-
-
-def fetch_hub(params: dict[str, Any], where: str, out: Path) -> int:
-    repo_id = require(params, "repo_id", where)
-    revision = str(require(params, "revision", where))
-    if not COMMIT.match(revision) and not params.get("follow"):
-        raise StageError(f"{where}: revision must be a 40-character commit hash, got '{revision}' "
-                         "(or set follow: true to track a branch)")
-    require_hub(f"dataset '{repo_id}'", OFFLINE_HINT)
-    from huggingface_hub import snapshot_download
-
-    try:
-        snapshot_download(repo_id, repo_type="dataset", revision=revision, local_dir=out,
-                          allow_patterns=params.get("files"))
-    except Exception as err:  # a repo, revision or file that is not there is final; the rest may pass
-        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
-
-        missing = isinstance(err, (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError))
-        raise (StageError if missing else TransientError)(
-            f"cannot fetch dataset '{repo_id}@{revision}' ({type(err).__name__}). {OFFLINE_HINT}") from None
-    shutil.rmtree(out / ".cache", ignore_errors=True)  # the hub client's bookkeeping, not data
-    return sum(1 for p in out.rglob("*") if p.is_file())
+from tunepipe.archives import DEFAULT_LIMITS, Budget, unpack_in_place
+from tunepipe.downloads import copy_local, fetch_hub, fetch_url
+from tunepipe.errors import StageError
+from tunepipe.files import atomic_dir, sha256_file
+from tunepipe.settings import require
+from tunepipe.sources import data_params
+from tunepipe.stage import one_item, run_stage
 
 
 def main(argv: list[str]) -> None:

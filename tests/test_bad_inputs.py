@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.common import Ledger, StageError
-from stages.convert import convert
+from tunepipe.errors import StageError
+from tunepipe.ledger import Ledger
+from tunepipe.conversion import convert
 from tests.conftest import BAD_INPUTS as CORPUS
 from tests.conftest import REPO, bad_input
 
@@ -25,7 +26,7 @@ CASES = sorted(f"{fmt.name}/{case.name}" for fmt in CORPUS.iterdir() for case in
 
 
 def test_corpus_is_large_and_covers_every_format():
-    from stages.formats import READERS
+    from tunepipe.formats import READERS
 
     assert len(CASES) >= 25
     assert {case.split("/")[0] for case in CASES} == set(READERS)

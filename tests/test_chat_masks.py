@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.tokenize import encode_causal
+from tunepipe.encoders import encode_causal
 from tests.tiny_models import build_tokenizer
 
 CHAT = {"kind": "chat", "messages": [

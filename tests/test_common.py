@@ -3,15 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from stages.common import (
-    Ledger,
-    StageError,
-    atomic_dir,
-    load_params,
-    split_for,
-    stable_choice,
-    stable_fraction,
-)
+from tunepipe.errors import StageError
+from tunepipe.files import atomic_dir
+from tunepipe.ledger import Ledger
+from tunepipe.settings import load_params
+from tunepipe.splits import split_for, stable_choice, stable_fraction
 
 
 def test_stable_fraction_is_pinned_across_runs_and_platforms():
@@ -31,7 +27,7 @@ def test_salt_changes_the_draw_and_split_follows_ratios():
 
 def test_a_row_keeps_its_split_when_rows_are_added_before_and_after_it(tmp_path):
     """Through the convert stage: splits come from each row's own id, never from its place in the file."""
-    from stages.convert import convert
+    from tunepipe.conversion import convert
 
     rows = [f"Sentence number {n} is fine.,{'positive' if n % 2 else 'negative'}" for n in range(300)]
     (tmp_path / "a").mkdir()

@@ -6,8 +6,9 @@ import shutil
 
 import pytest
 
-from stages.common import Ledger, StageError
-from stages.convert import convert
+from tunepipe.errors import StageError
+from tunepipe.ledger import Ledger
+from tunepipe.conversion import convert
 from tests.conftest import REPO
 
 SAMPLES = REPO / "data/samples/dialogsum"

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages import checkpoints, memory
+from tunepipe import checkpoints
+from tunepipe import memory
 from stages import tokenize as tokenize_stage
 from stages import train as train_stage
-from stages.modeling import device_description, one_process_one_gpu, resolved_precision
+from tunepipe.devices import device_description, one_process_one_gpu, resolved_precision
 from tests.test_kinds import workspace
 from tests.test_training import set_train
 
@@ -28,14 +29,14 @@ def gpu(monkeypatch, count: int = 1, native_bf16: bool = True, capability=(8, 0)
 
 
 def test_auto_precision_is_bf16_only_where_the_gpu_computes_it_natively(monkeypatch):
-    from stages import modeling
+    from tunepipe import devices
 
-    monkeypatch.setattr(modeling, "cpu_computes_bf16", lambda: True)  # a CPU with AVX-512 BF16 or AMX
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: True)  # a CPU with AVX-512 BF16 or AMX
     assert resolved_precision("auto", "causal_lm", "lora") == "bf16"
     assert resolved_precision("auto", "causal_lm", "prompt_tuning") == "bf16"
     assert resolved_precision("auto", "sequence_head", "lora") == "fp32"  # a head's classifier trains: fp32
     assert resolved_precision("auto", "causal_lm", "full") == "fp32" and resolved_precision(None) == "fp32"
-    monkeypatch.setattr(modeling, "cpu_computes_bf16", lambda: False)  # it would be emulated, slower
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: False)  # it would be emulated, slower
     assert resolved_precision("auto", "causal_lm", "lora") == "fp32"
     gpu(monkeypatch, native_bf16=True)
     assert resolved_precision("auto") == "bf16" == resolved_precision("auto", "sequence_head", "full")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.common import StageError
+from tunepipe.errors import StageError
 import yaml
 
 BODY = b"id\ttext\n1\thello\n"
@@ -185,7 +185,7 @@ def test_unsafe_archives_are_refused_before_anything_is_written(tmp_path, case, 
 def test_an_unsafe_member_after_good_ones_refuses_the_archive_before_any_is_written(tmp_path, kind):
     """Every member is checked before the first is written: a good one first, then one whose absolute path
     points at a real place outside; nothing lands in the target folder and nothing at that place."""
-    from stages.archives import Budget, extract
+    from tunepipe.archives import Budget, extract
 
     escape = tmp_path / f"escaped-{kind}.txt"
     if kind == "tar":

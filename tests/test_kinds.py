@@ -18,8 +18,10 @@ from stages import merge as merge_stage
 from stages import predict as predict_stage
 from stages import tokenize as tokenize_stage
 from stages import train as train_stage
-from stages.common import StageError, write_json, write_jsonl
-from stages.modeling import attach_method, load_base, load_trained
+from tunepipe.errors import StageError
+from tunepipe.files import write_json, write_jsonl
+from tunepipe import tokenization
+from tunepipe.loading import attach_method, load_base, load_trained
 from tests.tiny_models import write_tiny_model
 from tests.workspace import edit, write_experiment, write_yaml
 
@@ -250,7 +252,7 @@ def test_chunks_of_any_size_write_the_same_bytes(arch, kind, tmp_path, monkeypat
     name = workspace(tmp_path, arch, kind, "full")
     tokenize_stage.main([name])
     whole = folder_bytes(tmp_path / "data/tokenized" / name)
-    monkeypatch.setattr(tokenize_stage, "CHUNK_ROWS", 3)  # 8 training rows: chunks of 3, 3 and 2
+    monkeypatch.setattr(tokenization, "CHUNK_ROWS", 3)  # 8 training rows: chunks of 3, 3 and 2
     tokenize_stage.main([name])
     assert folder_bytes(tmp_path / "data/tokenized" / name) == whole
 
@@ -261,7 +263,7 @@ def test_causal_rows_are_the_chat_template_tokenized_row_by_row(tmp_path, monkey
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
-    from stages.tokenize import prompt_text
+    from tunepipe.encoders import prompt_text
 
     monkeypatch.chdir(tmp_path)
     name = workspace(tmp_path, "llama", "causal_lm", "lora")

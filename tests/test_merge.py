@@ -11,8 +11,8 @@ import torch
 
 from safetensors.torch import load_file, save_file
 
-from stages.common import StageError
-from stages.lora_shards import merge_by_shard, shard_files, unsupported
+from tunepipe.errors import StageError
+from tunepipe.lora_shards import merge_by_shard, shard_files, unsupported
 from tests.tiny_models import write_tiny_model
 from tests.workspace import write_experiment, write_yaml
 

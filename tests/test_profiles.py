@@ -24,7 +24,7 @@ from stages import predict as predict_stage
 from stages import score as score_stage
 from stages import tokenize as tokenize_stage
 from stages import train as train_stage
-from stages.common import COMMIT
+from tunepipe.hub import COMMIT
 from tests.conftest import REPO, copy_project
 from tests.tiny_models import write_tiny_model
 from tests.workspace import edit, read_yaml
@@ -73,7 +73,7 @@ def test_profiles_live_side_by_side_each_planned_into_its_own_folder(tmp_path):
 
 
 def test_real_profile_reads_the_real_releases_and_scores_every_test_row():
-    from stages.schema import resolve
+    from tunepipe.settings.resolve import resolve
     from tests.workspace import inside
 
     params = read_yaml(REPO / "profiles/real/params.yaml")

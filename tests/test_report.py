@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from stages.common import StageError
-from stages.report import target_table
+from tunepipe.errors import StageError
+from tunepipe.reporting import target_table
 
 METRICS = {"qa": {"before": {"recall": 0.0, "over": 0.0, "match": 33.64},
                   "after": {"recall": 87.73, "over": 61.36, "match": 35.29}}}

@@ -33,7 +33,7 @@ def make_repo(root: Path) -> Path:
     project's stages, metrics and defaults, its own params.yaml and experiment file, dvc.yaml from the plan."""
     root.mkdir()
     shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
-    for folder in ("stages", "metrics", "defaults"):
+    for folder in ("stages", "tunepipe", "metrics", "defaults"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "data/samples/dialogsum", root / "samples/dialogsum")
     write_tiny_model("llama", root / "tiny-llama")

@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 
 from stages import predict as predict_stage
+from tunepipe.prediction import classify
 from stages import score as score_stage
-from stages.common import write_json, write_jsonl
+from tunepipe.files import write_json, write_jsonl
 from tests.test_kinds import workspace
 from tests.workspace import edit, inside, write_experiment, write_yaml
 
@@ -107,8 +108,8 @@ def test_rows_that_open_with_a_refusal_are_answered_again_without_its_first_toke
 def test_both_orders_of_a_pair_average_the_head_s_probabilities(tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
-    from stages.modeling import load_base
-    from stages.settings import load_experiment
+    from tunepipe.loading import load_base
+    from tunepipe.settings import load_experiment
 
     monkeypatch.chdir(tmp_path)
     name = workspace(tmp_path, "bert", "sequence_head", "full")
@@ -156,5 +157,5 @@ def test_a_pair_s_label_is_the_best_of_both_orders_averaged():
     swapped = [{"id": "p", "input_ids": [0, 1, 9], "prompt_length": 3}]  # yes by 8
     params = {"batch_size": 4}
     tokenizer = build_tokenizer("bert")
-    assert predict_stage.classify(Head(), tokenizer, given, params, ["no", "yes"]) == {"p": "no"}
-    assert predict_stage.classify(Head(), tokenizer, given, params, ["no", "yes"], swapped) == {"p": "yes"}
+    assert classify(Head(), tokenizer, given, params, ["no", "yes"]) == {"p": "no"}
+    assert classify(Head(), tokenizer, given, params, ["no", "yes"], swapped) == {"p": "yes"}

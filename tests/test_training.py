@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from stages import tokenize as tokenize_stage
 from stages import train as train_stage
-from stages.common import StageError
-from stages.modeling import load_base
+from tunepipe.errors import StageError
+from tunepipe.loading import load_base
 from tests.conftest import REPO
 from tests.test_kinds import workspace
 from tests.workspace import edit, inside
@@ -54,8 +54,8 @@ PEAK_PROBE = """
 import json, sys, threading, time
 from pathlib import Path
 import torch
-from stages import memory
-from stages.modeling import attach_method, load_base
+from tunepipe import memory
+from tunepipe.loading import attach_method, load_base
 
 def allocated():  # memory the process allocated (not the file pages it maps), in bytes
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("RssAnon:"))
@@ -162,7 +162,7 @@ def test_keep_best_ends_with_the_weights_that_scored_best_on_validation(tmp_path
     the step-4 one, read back from disk and scored again, not the last."""
     from datasets import load_from_disk
 
-    from stages.modeling import load_trained
+    from tunepipe.loading import load_trained
 
     monkeypatch.chdir(tmp_path)
     name = workspace(tmp_path, "bert", "sequence_head", "full")

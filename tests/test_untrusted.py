@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.modeling import load_base
+from tunepipe.loading import load_base
 from tests.tiny_models import write_tiny_model
 
 

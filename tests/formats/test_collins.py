@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from stages import convert as convert_stage
-from stages.common import Ledger, StageError
-from stages.formats import READERS
-from stages.formats.collins import read
+from tunepipe.conversion import convert
+from tunepipe.errors import StageError
+from tunepipe.ledger import Ledger
+from tunepipe.formats import READERS
+from tunepipe.formats.collins import read
 from tests.conftest import REPO
 
 
@@ -144,8 +145,8 @@ def test_sample_data_reads_clean_and_converts(monkeypatch):
     assert sorted((int(r["id"]), r["word"]) for r in records if not r["word_in_context"]) == [
         (4, "bank"), (8, "bright"), (12, "run"), (25, "spring"), (37, "pitch")]
     assert {r["word"] for r in records} >= {"bank", "bright", "run", "well", "present"}
-    monkeypatch.setitem(READERS, "collins", "stages.formats.collins")
+    monkeypatch.setitem(READERS, "collins", "tunepipe.formats.collins")
     ledger = Ledger("convert collins")
-    convert_stage.convert(REPO / "data" / "samples" / "collins", {"format": "collins"}, ledger)
+    convert(REPO / "data" / "samples" / "collins", {"format": "collins"}, ledger)
     ledger.check(max_reject_rate=0.01)
     assert ledger.summary()["written"] == 40

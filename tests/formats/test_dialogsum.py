@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from stages.common import Ledger
-from stages.formats.dialogsum import INSTRUCTION, read
+from tunepipe.ledger import Ledger
+from tunepipe.formats.dialogsum import INSTRUCTION, read
 from tests.conftest import shared_file
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.common import Ledger, StageError
-from stages.formats.jnlpba import LABELS, read
+from tunepipe.errors import StageError
+from tunepipe.ledger import Ledger
+from tunepipe.formats.jnlpba import LABELS, read
 from tests.conftest import REPO, shared_file
 
 

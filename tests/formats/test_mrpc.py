@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.common import Ledger, StageError
-from stages.formats.mrpc import LABELS, read
+from tunepipe.errors import StageError
+from tunepipe.ledger import Ledger
+from tunepipe.formats.mrpc import LABELS, read
 from tests.conftest import REPO, shared_file
 
 HEADER = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"

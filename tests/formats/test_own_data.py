@@ -9,9 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages.common import Ledger, StageError
-from stages.convert import convert, label_order
-from stages.formats import alpaca, messages, sharegpt, table, text
+from tunepipe.errors import StageError
+from tunepipe.ledger import Ledger
+from tunepipe.conversion import convert, label_order
+from tunepipe.formats import alpaca, messages, sharegpt, table, text
 from tests.conftest import shared_file
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.common import Ledger, StageError
-from stages.formats.phrasebank import read
+from tunepipe.errors import StageError
+from tunepipe.ledger import Ledger
+from tunepipe.formats.phrasebank import read
 from tests.conftest import REPO, shared_file
 
 LEVELS = ("50Agree", "66Agree", "75Agree", "AllAgree")

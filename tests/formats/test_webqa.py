@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from stages import convert as convert_stage
-from stages.common import Ledger, StageError, split_for, write_jsonl
-from stages.formats import READERS
-from stages.formats.webqa import REFUSAL_TEMPLATES, read
+from tunepipe.conversion import convert
+from tunepipe.errors import StageError
+from tunepipe.files import write_jsonl
+from tunepipe.ledger import Ledger
+from tunepipe.splits import split_for
+from tunepipe.formats import READERS
+from tunepipe.formats.webqa import REFUSAL_TEMPLATES, read
 from tests.conftest import REPO, bad_input, shared_file
 
 PROMPT = "请根据给定下文：{evidence}\n告诉我{question}\n"
@@ -257,10 +260,10 @@ def test_auto_synthesis_makes_what_the_ratio_lacks_and_nothing_without_one(tmp_p
 def test_synthesized_refusals_never_pair_questions_of_different_splits(tmp_path, monkeypatch):
     """A file that names no split is split by convert, by the hash of the question: a refusal must take its
     evidence from a question that lands in the same split, or a test question's evidence reaches training."""
-    monkeypatch.setitem(READERS, "webqa", "stages.formats.webqa")
+    monkeypatch.setitem(READERS, "webqa", "tunepipe.formats.webqa")
     params = {"format": "webqa", "split": {"train": 0.5, "test": 0.5},
               "options": {"answerable_ratio": 1.0, "synthesize_refusals": "auto"}}
-    by_split = convert_stage.convert(small(tmp_path), params, Ledger("convert webqa"))
+    by_split = convert(small(tmp_path), params, Ledger("convert webqa"))
     split_of = {row["id"]: split for split, rows in by_split.items() for row in rows}
     made = [row for rows in by_split.values() for row in rows if row["synthesized"]]
     assert made
@@ -277,7 +280,7 @@ def test_synthesized_refusals_never_pair_questions_of_different_splits(tmp_path,
 
 def converted(raw: Path, options: dict) -> tuple[dict[str, list], Ledger]:
     ledger = Ledger("convert webqa")
-    return convert_stage.convert(raw, {"format": "webqa", "options": options}, ledger), ledger
+    return convert(raw, {"format": "webqa", "options": options}, ledger), ledger
 
 
 def test_options_that_leave_out_most_good_records_fail_the_ledger_check(tmp_path):
@@ -333,10 +336,10 @@ def test_bad_options_stop_before_reading(tmp_path, options, message):
 # --- the ledger through the real convert stage ------------------------------------------------------------
 
 def test_convert_balances_with_synthesized_and_down_sampled_rows(tmp_path, monkeypatch):
-    monkeypatch.setitem(READERS, "webqa", "stages.formats.webqa")
+    monkeypatch.setitem(READERS, "webqa", "tunepipe.formats.webqa")
     params = {"format": "webqa", "options": {"answerable_ratio": 1.0, "synthesize_refusals": 1}}
     ledger = Ledger("convert webqa")
-    by_split = convert_stage.convert(small(tmp_path), params, ledger)
+    by_split = convert(small(tmp_path), params, ledger)
     summary = ledger.summary()
     # 8 evidences + 1 synthesized refusal = 6 written (3 answerable, 3 refusals) + 3 answerable dropped
     assert (summary["read"], summary["synthesized"], summary["written"], summary["rejected"],
@@ -349,7 +352,7 @@ def test_convert_balances_with_synthesized_and_down_sampled_rows(tmp_path, monke
     # a real reject still counts: one more evidence without an answer, the rest as before
     data = {**SMALL, "Q_T_5": {"question": "没有答案？", "evidences": {"Q_T_5#0": {"evidence": "没有答案字段"}}}}
     ledger = Ledger("convert webqa")
-    by_split = convert_stage.convert(small(tmp_path / "bad", data), params, ledger)
+    by_split = convert(small(tmp_path / "bad", data), params, ledger)
     summary = ledger.summary()
     assert (summary["read"], summary["synthesized"], summary["written"], summary["rejected"],
             summary["dropped"]) == (9, 1, 6, 1, 3)  # 9 + 1 = 6 + 1 + 3
@@ -365,9 +368,9 @@ def test_sample_data_reads_clean_and_converts(monkeypatch):
     assert (len(rows), ledger.read, ledger.synthesized, ledger.rejected, ledger.dropped) == (36, 36, 0, [], [])
     assert sum(r["answerable"] for r in rows.values()) == 20
     assert all("<e>" not in r["instruction"] for r in rows.values())
-    monkeypatch.setitem(READERS, "webqa", "stages.formats.webqa")
+    monkeypatch.setitem(READERS, "webqa", "tunepipe.formats.webqa")
     ledger = Ledger("convert webqa")
-    convert_stage.convert(REPO / "data" / "samples" / "webqa", {"format": "webqa"}, ledger)
+    convert(REPO / "data" / "samples" / "webqa", {"format": "webqa"}, ledger)
     ledger.check(max_reject_rate=0.01)
 
 

@@ -1,0 +1,30 @@
+"""OpenAI / TRL conversational rows: {"messages": [{"role": "system"|"user"|"assistant", "content": ...}]}.
+
+JSON lines or a JSON array (also Parquet). A conversation may open with a system turn; user and assistant
+then alternate, and the last turn is the assistant's. Content given as a list of parts keeps its text
+parts; any other part (an image) rejects the row, as does a tool turn. `columns` renames the field
+(`columns: {messages: conversation}`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from tunepipe.ledger import Ledger
+from tunepipe.formats.rows import Seen, checked_messages, column, iter_rows, record_id
+
+OPTIONS = {"columns": {}}
+
+
+def read(raw_dir: Path, options: dict[str, Any], ledger: Ledger) -> Iterator[dict[str, Any]]:
+    columns = options.get("columns") or {}
+    seen = Seen(ledger)
+    for where, row, split in iter_rows(raw_dir, ledger):
+        try:
+            record = {"kind": "chat", "messages": checked_messages(column(row, columns, "messages"))}
+        except ValueError as err:
+            ledger.reject(where, str(err), row)
+            continue
+        record["id"], own = record_id(row, columns, record)
+        if seen.new(record["id"], where, row, own):
+            yield {**record, **({"split": split} if split else {})}
