@@ -1,6 +1,6 @@
 """Every benchmark in one run: our way against the naive way and the tool users would pick instead.
 
-    make bench                     # or: python bench/run.py [--only cache tokenize training generation merge memory]
+    make bench                     # or: python bench/run.py [--only cache tokenize training generation merge memory gpu]
 
 Writes reports/bench.json (every figure and its inputs) and reports/bench.md (the same as tables, targets
 first). Ratios are measured within this run, on this machine, with the same threads: absolute times on a
@@ -21,7 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import ROOT  # noqa: E402
 
-SECTIONS = ("cache", "tokenize", "training", "generation", "merge", "memory")
+SECTIONS = ("cache", "tokenize", "training", "generation", "merge", "memory", "gpu")
 
 
 def run_section(name: str) -> dict[str, Any]:
@@ -40,16 +40,11 @@ def run_section(name: str) -> dict[str, Any]:
     if name == "merge":
         import merge_memory
         return merge_memory.measure(layers=12)
+    if name == "gpu":
+        import gpu
+        return gpu.measure()
     import training_memory
     return training_memory.measure()
-
-
-def gpu_section() -> dict[str, Any]:
-    import torch
-
-    reason = "no CUDA device on this machine" if not torch.cuda.is_available() else \
-        "a CUDA device is present, but the GPU section is not written yet"
-    return {"key": "gpu", "title": "GPU", "skipped": reason, "rows": [], "targets": [], "notes": []}
 
 
 def cell(value: Any) -> str:
@@ -124,7 +119,6 @@ def main() -> None:
         print(f"[bench] {name}: {section['seconds']} s; " + "; ".join(
             f"{t['name']} = {t['value']} ({'met' if t['met'] else 'MISSED'})" for t in section.get("targets", [])),
             flush=True)
-    sections.append(gpu_section())
     earlier = args.out / "bench.json"
     if args.only != list(SECTIONS) and earlier.exists():  # a partial run replaces its sections, keeps the rest
         fresh = {section["key"]: section for section in sections}

@@ -4,7 +4,8 @@ Sources (the dataset's `source`, in params.yaml datasets.<dataset> or an experim
 out, a `path` means local, a `url` url and a `repo_id` hub):
 - local: `path` is a file or folder on this machine (the embedded default: data/samples/<dataset>/).
 - url:   `url` plus its `sha256`; a download whose bytes differ is refused, so the cache stays honest.
-- hub:   a Hugging Face dataset repo pinned to a 40-character commit, optionally only `files` (globs).
+- hub:   a Hugging Face dataset repo pinned to a 40-character commit, optionally only `files` (globs); its
+         listed sizes are counted against `max_bytes` and `max_files` before anything is downloaded.
 
 A source that should move, a URL whose file is republished or a hub branch, says so with `follow: true`
 (then a url needs no sha256 and a hub revision may be a branch). DVC cannot see such a source change, so the
@@ -43,7 +44,7 @@ def main(argv: list[str]) -> None:
             pin = params.get("sha256") if params.get("follow") else require(params, "sha256", where)
             count = fetch_url(require(params, "url", where), pin, out, Budget(where, **limits))
         elif source == "hub":
-            count = fetch_hub(params, where, out)
+            count = fetch_hub(params, where, out, Budget(where, **limits))
         else:
             raise StageError(f"{where}: source must be local, url or hub, got '{source}'")
         if params.get("extract"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tunepipe.devices import pin_threads
+from tunepipe.devices import inference_dtype, pin_threads
 from tunepipe.errors import StageError
 from tunepipe.files import write_json, write_jsonl
 from tunepipe.generation import decoding_settings, likelihoods
@@ -33,7 +33,8 @@ def main(argv: list[str]) -> None:
     pin_threads(params.get("threads", 2))
     base = Path("models/base") / setup["model"]
     labels = read_labels(setup)
-    model = load_model(setup, which, base, experiment, labels)
+    dtype = inference_dtype(params.get("dtype"), setup["kind"], setup["method"])
+    model = load_model(setup, which, base, experiment, labels, dtype)
     tokenizer = load_tokenizer(base)
     rows, records = test_rows(experiment, setup["dataset"], params.get("max_rows"))
     answers, counts = None, {"cut": 0, "answered_again": 0}
@@ -47,7 +48,7 @@ def main(argv: list[str]) -> None:
     out = Path("data/predictions") / experiment / f"{which}.jsonl"
     write_jsonl(out, output_rows(rows, records, predictions, answers, setup, tokenizer))
     write_json(out.with_suffix(".settings.json"), {
-        "rows": len(rows), "batch_size": int(params["batch_size"]), "decoding": settings or None,
+        "rows": len(rows), "batch_size": int(params["batch_size"]), "decoding": settings or None, "dtype": dtype,
         "prompts_cut_to_fit": counts["cut"], "model": "base" if which == "before" else "trained",
         **({"pair_orders": "both"} if params.get("pair_orders") == "both" else {}),
         **({"answer_anyway": params["answer_anyway"], "answered_again": counts["answered_again"]} if answers else {})})

@@ -1,8 +1,8 @@
 """tokenize: data/converted/<dataset>/ -> data/tokenized/<experiment>/ (Arrow, `datasets.save_to_disk`).
 
 Each split encoded for the experiment's model kind (tunepipe/encoders.py), streamed in chunks
-(tunepipe/tokenization.py): training rows past `max_length` left out and listed in dropped.jsonl, evaluation
-rows kept whole or cut to the model's context by a fixed rule. The counts per split go to
+(tunepipe/tokenization.py): training and validation rows past `max_length` left out and listed in
+dropped.jsonl, test rows kept whole or cut to the model's context by a fixed rule. The counts per split go to
 reports/tokenize/<experiment>.json.
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ def main(argv: list[str]) -> None:
     tokenizer = AutoTokenizer.from_pretrained(base)
     if params.get("chat_template"):
         tokenizer.chat_template = params["chat_template"]
-    context = int(params.get("eval_max_length") or model_context(base, tokenizer))
+    positions = model_context(base, tokenizer)
+    context = (int(params.get("eval_max_length") or positions), positions)  # test prompts cut to; the model's own
     source, labels = Path("data/converted") / setup["dataset"], read_labels(setup)
     with atomic_dir(Path("data/tokenized") / experiment) as out, tempfile.TemporaryDirectory(dir=out.parent) as scratch:
         splits, counts, dropped = tokenize_splits(tokenizer, source, setup, params, labels,

@@ -16,7 +16,14 @@ from pathlib import Path
 
 from tunepipe import checkpoints, training
 from tunepipe.collators import collator_for
-from tunepipe.devices import device_description, one_process_one_gpu, pin_threads, resolved_precision
+from tunepipe.devices import (
+    deterministic_cuda,
+    device_description,
+    one_process_one_gpu,
+    pin_threads,
+    qlora_compute_dtype,
+    resolved_precision,
+)
 from tunepipe.files import atomic_dir, write_json
 from tunepipe.loading import load_tokenizer, save_trained
 from tunepipe.settings import load_experiment, read_labels, where as setting
@@ -29,9 +36,12 @@ def main(argv: list[str]):
     experiment = one_item(argv, "train")
     setup = load_experiment(experiment, "train")  # checked by the config stage: types, ranges, required keys
     params = setup.pop("train")
+    if setup["qlora"]:  # `auto` resolved here, so recipe.json records what the 4-bit base computed in
+        setup["qlora"] = {**setup["qlora"], "compute_dtype": qlora_compute_dtype(setup["qlora"]["compute_dtype"])}
     where = setting(experiment, "train")
     base = Path("models/base") / setup["model"]
     one_process_one_gpu(int(params.get("processes") or 1))
+    deterministic_cuda()  # before CUDA's first use: the same params give the same bytes on a GPU too
     run = {"precision": resolved_precision(params.get("precision"), setup["kind"], setup["method"]),
            "device": device_description()}
     data = checkpoints.data_digest(Path("data/tokenized") / experiment)  # for the checkpoints and the recipe
@@ -49,12 +59,14 @@ def main(argv: list[str]):
     tokenizer = load_tokenizer(base)
     budget = training.memory_budget(params)
     model, stored = training.build_model(setup, params, base, run, labels)
+    cpu_bf16 = stored == "bfloat16" and run["device"] == "cpu"  # computes in the stored bf16, with no autocast
     args = training.training_arguments(params, setup, checkpoints.ROOT / experiment, evaluate=eval_rows is not None,
-                                       precision="fp32" if stored == "bfloat16" else run["precision"])
-    needs = training.check_memory(model, params, args, train_rows, labels, setup["kind"], stored, budget, where)
+                                       precision="fp32" if cpu_bf16 else run["precision"])
+    needs = training.check_memory(model, params, args, (train_rows, eval_rows), labels, setup, base, stored,
+                                  budget, where)
     collator = collator_for(setup["kind"], tokenizer, model)
     reports = Path("reports/train") / experiment
-    trainer = training.build_trainer(model, args, setup, train_rows, eval_rows, collator, stored, reports)
+    trainer = training.build_trainer(model, args, setup, train_rows, eval_rows, collator, cpu_bf16, reports)
     speed = training.timed_training(trainer, resume)
     # with several processes every one of them takes part in gathering the weights; the first one writes
     gathered = trainer.accelerator.get_state_dict(trainer.model) if args.world_size > 1 else None

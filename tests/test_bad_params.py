@@ -48,7 +48,7 @@ def run(tmp_path: Path, experiment: dict, module: str = "config", env: dict | No
                                    "number, got 'two'"),
     ({"train": {"lora": {"r": None}}}, ": train.lora: missing required keys r"),
     ({"method": "qlora", "qlora": {"compute_dtype": "float8"}}, ":7: qlora.compute_dtype: Input should be "
-                                                                "'float32', 'bfloat16' or 'float16', got 'float8'"),
+                                                                "'auto', 'float32', 'bfloat16' or 'float16', got 'float8'"),
     ({"qlora": {"quant_type": "nf4"}}, ": qlora: 4-bit settings need method qlora, not 'lora'"),
     ({"method": "qlora", "qlora": {"bits": 3}}, ":7: qlora.bits: unknown key (known: quant_type, double_quant, "
                                                 "compute_dtype)"),

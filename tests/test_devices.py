@@ -59,7 +59,9 @@ def test_the_memory_check_reads_this_process_s_own_gpu(monkeypatch):
 @pytest.mark.parametrize("count, visible, processes, rank, after", [
     (4, None, 1, None, "0"),        # one process, four GPUs: only the first, or the Trainer wraps DataParallel
     (4, "2,3", 1, None, "2"),       # the first of those the user made visible
-    (1, None, 1, None, None),       # one GPU: nothing to narrow
+    (1, None, 1, None, "0"),        # one GPU: the narrowing changes nothing
+    (0, None, 1, None, "0"),        # none at all: harmless
+    (2, "", 1, None, ""),           # every GPU hidden on purpose: stays hidden
     (4, None, 2, None, None),       # two processes: accelerate gives each its own
     (4, "0,1,2,3", 1, "0", "0,1,2,3"),  # already a launched process
 ])
@@ -71,6 +73,21 @@ def test_one_process_sees_one_gpu(monkeypatch, count, visible, processes, rank, 
     import os
 
     assert os.environ.get("CUDA_VISIBLE_DEVICES") == after
+
+
+def test_narrowing_to_one_gpu_asks_cuda_nothing(monkeypatch):
+    """Counting devices can start CUDA (where NVML is absent), after which CUDA_VISIBLE_DEVICES is ignored."""
+    import os
+
+    def starts_cuda(*args, **kwargs):
+        raise AssertionError("CUDA asked before the visible devices were narrowed")
+
+    for name in ("device_count", "is_available", "init", "_lazy_init"):
+        monkeypatch.setattr(torch.cuda, name, starts_cuda)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    one_process_one_gpu(1)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -95,3 +112,52 @@ def test_the_precision_and_device_are_in_the_recipe_and_the_checkpoint_fingerpri
     with pytest.raises(Exception, match="made from other precision; delete checkpoints/toy"):
         other = "fp32" if precision == "bf16" else "bf16"
         checkpoints.resume_from(Path(f"checkpoints/{name}"), {**fingerprint, "precision": other}, "train")
+
+
+def test_training_on_a_gpu_asks_for_deterministic_algorithms(monkeypatch):
+    """Byte-identical re-training is claimed: on CUDA that needs deterministic kernels and cuBLAS's fixed
+    workspace, set before CUDA's first use; on a CPU nothing changes."""
+    import os
+
+    from tunepipe.devices import deterministic_cuda
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, even where the tests run on a GPU one
+    assert not deterministic_cuda() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ  # this CPU machine
+    asked = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda mode, warn_only=False: asked.append(mode))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (patched back when the test ends)
+    assert deterministic_cuda()
+    assert asked == [True] and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+
+
+@pytest.mark.parametrize("native_bf16, half", [(True, "bfloat16"), (False, "float16")])
+def test_each_stage_loads_a_half_precision_base_where_a_gpu_computes_in_it(monkeypatch, native_bf16, half):
+    """train stores a language model adapter's frozen base in the GPU's half precision (heads, full
+    fine-tuning and QLoRA's 4-bit base as before); predict and merge load language models in it too. On a CPU
+    nothing changes but bf16 storage for a language model's adapter where the CPU computes in bf16."""
+    from tunepipe.devices import frozen_dtype, inference_dtype, qlora_compute_dtype
+    from tunepipe.kinds import KINDS, MERGEABLE
+
+    gpu(monkeypatch, native_bf16=native_bf16)
+    precision = resolved_precision("auto")
+    for kind, spec in KINDS.items():
+        language_model = kind in ("causal_lm", "seq2seq")
+        for method in spec.methods:
+            adapter = language_model and method in ("lora", "prompt_tuning")
+            assert frozen_dtype(precision, True, kind, method) == (half if adapter else "float32"), (kind, method)
+            loads = half if language_model and method != "qlora" else "float32"
+            assert inference_dtype(None, kind, method) == loads, (kind, method)  # predict
+            if method in MERGEABLE:
+                assert inference_dtype("auto", kind, method) == loads, (kind, method)  # merge
+            assert inference_dtype("float32", kind, method) == "float32"  # a stated dtype is kept
+    assert qlora_compute_dtype("auto") == half and qlora_compute_dtype("float32") == "float32"  # QLoRA's 4-bit base
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert qlora_compute_dtype("auto") == "float32"
+    assert frozen_dtype("bf16", False, "causal_lm", "lora") == "bfloat16"
+    assert frozen_dtype("fp16", False, "causal_lm", "lora") == "float32"  # no fp16 storage on a CPU
+    assert frozen_dtype("bf16", False, "sequence_head", "lora") == "float32"
+    assert {inference_dtype(None, kind, "lora") for kind in KINDS} == {"float32"}

@@ -107,6 +107,24 @@ def test_a_connection_refused_is_transient(tmp_path):
                  75, "cannot download", tmp_path)
 
 
+def test_a_hub_dataset_past_max_bytes_is_refused_before_a_byte_is_downloaded(tmp_path, monkeypatch):
+    """The hub's listed sizes count against the budget first: the files themselves are never requested."""
+    from tests.hub_server import serve_hub
+
+    revision = "a" * 40
+    files = {"data/train.jsonl": b"x" * 2000, "data/test.jsonl": b"y" * 10, "README.md": b"# ds\n"}
+    entry = {"source": "hub", "repo_id": "someone/big", "revision": revision, "max_bytes": 1500}
+    with serve_hub({("dataset", "someone/big"): files}, revision) as (endpoint, hub):
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        assert_fails(download(tmp_path, entry), 2, "more than max_bytes=1500 bytes", tmp_path)
+        assert hub.requests and not [r for r in hub.requests if "/resolve/" in r]
+        # the files a dataset takes are what counts: the small ones alone fit
+        result = download(tmp_path, {**entry, "files": ["data/test.jsonl", "README.md"]})
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data/raw/ds/data/test.jsonl").read_bytes() == b"y" * 10
+
+
 def tar_with(tmp_path: Path, add) -> Path:
     archive = tmp_path / "src" / "data.tar.gz"
     archive.parent.mkdir(exist_ok=True)

@@ -152,8 +152,8 @@ def test_trains_two_steps_saves_and_reloads_to_the_same_outputs(arch, kind, meth
                        for p in predictions)
         elif kind == "sequence_head":
             assert all(p["prediction"] in ("no", "yes") for p in predictions)
-        else:
-            assert all(isinstance(p["prediction"], str) for p in predictions)
+        else:  # an answer of new tokens (an empty one would pass a type check alone)
+            assert all(isinstance(p["prediction"], str) and p["prediction"].strip() for p in predictions), predictions
         settings = json.loads(Path(f"data/predictions/{name}/{which}.settings.json").read_text())
         generates = kind in ("causal_lm", "seq2seq")
         assert all(isinstance(p["prompt"], str) == generates for p in predictions)  # the text the model saw
@@ -308,3 +308,45 @@ def test_an_empty_split_is_counted_and_keeps_its_columns(tmp_path, monkeypatch):
     info = json.loads((tmp_path / "data/tokenized" / name / "validation/dataset_info.json").read_text())
     assert set(info["features"]) == {"id", "input_ids", "labels", "word_ids", "prompt_length"}
     assert not list((tmp_path / "data/tokenized" / name / "validation").glob("*.arrow"))  # train reads it as none
+
+
+def tokenized_lengths(name: str, split: str) -> dict[str, int]:
+    from datasets import load_from_disk
+
+    rows = load_from_disk(f"data/tokenized/{name}/{split}")
+    return dict(zip(rows["id"], (len(ids) for ids in rows["input_ids"])))
+
+
+def test_validation_rows_past_max_length_are_left_out_like_training_rows(tmp_path, monkeypatch):
+    """Validation measures the rows training sees, and no validation batch outgrows the memory check's;
+    every test row is still kept (scores cover the whole split)."""
+    monkeypatch.chdir(tmp_path)
+    name = workspace(tmp_path, "llama", "causal_lm", "lora")
+    tokenize_stage.main([name])
+    lengths = {split: tokenized_lengths(name, split) for split in ("train", "validation", "test")}
+    limit = min(lengths["validation"].values())  # the shortest validation row fits; the longer one does not
+    assert max(lengths["validation"].values()) > limit
+    edit(tmp_path / "experiments/toy.yaml", "tokenize.max_length", limit)
+    config_stage.main([name])
+    tokenize_stage.main([name])
+    assert max(tokenized_lengths(name, "validation").values()) <= limit
+    dropped = [json.loads(line) for line in (tmp_path / "data/tokenized" / name / "dropped.jsonl").read_text().splitlines()]
+    assert {row["id"] for row in dropped if row["split"] == "validation"} == {
+        row_id for row_id, length in lengths["validation"].items() if length > limit}
+    assert set(tokenized_lengths(name, "test")) == set(lengths["test"])
+
+
+def test_a_row_that_cannot_fit_the_context_fails_tokenize_naming_it(tmp_path, monkeypatch):
+    """A row longer than the model's positions (here max_length allows what the model's table does not) fails
+    tokenize saying which row, how long, and what to change, rather than training failing on a position past
+    the table. eval_max_length, which only says how far test prompts are cut, does not count against it."""
+    monkeypatch.chdir(tmp_path)
+    name = workspace(tmp_path, "llama", "causal_lm", "lora")
+    edit(tmp_path / "experiments/toy.yaml", "tokenize.eval_max_length", 4)
+    config_stage.main([name])
+    tokenize_stage.main([name])  # test prompts cut to 4 tokens' room: every row still fits the model
+    config = json.loads((tmp_path / "models/base/tiny/config.json").read_text())
+    (tmp_path / "models/base/tiny/config.json").write_text(json.dumps({**config, "max_position_embeddings": 8}))
+    with pytest.raises(StageError, match=r"experiments/toy.yaml tokenize: train row [\w-]+: \d+ tokens \(\d+ of prompt\) "
+                                         r"cannot fit the model's context of 8 positions \(set max_length to at most 8\)"):
+        tokenize_stage.main([name])

@@ -192,3 +192,12 @@ def test_a_tied_lm_head_or_embedding_lora_goes_to_the_whole_model_merge(tmp_path
     merge_stage.main([name])  # auto: the whole-model merge, checked like any other
     check = json.loads(Path("models/merged/toy/merge_check.json").read_text())
     assert check["passed"] and not check["by_shard"]
+
+
+def test_the_default_tolerance_follows_the_merged_dtype():
+    """`auto` (the default) is what each dtype's rounding alone allows; a stated tolerance is kept as it is."""
+    from tunepipe.merging import tolerance_for
+
+    assert tolerance_for("auto", "float32") == 1e-3
+    assert tolerance_for("auto", "bfloat16") == tolerance_for("auto", "float16") == 5e-2
+    assert tolerance_for(1e-4, "bfloat16") == 1e-4

@@ -55,6 +55,7 @@ import json, sys, threading, time
 from pathlib import Path
 import torch
 from tunepipe import memory
+from tunepipe.activations import kept_activations
 from tunepipe.loading import attach_method, load_base
 
 def allocated():  # memory the process allocated (not the file pages it maps), in bytes
@@ -65,7 +66,8 @@ folder, batch, attention = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 torch.set_num_threads(1)
 base = load_base("causal_lm", folder)
 base.set_attn_implementation(attention)
-lora = {"lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
+# the setting where a formula undercounts: dropout copies of every adapted layer's input, a wide gated MLP
+lora = {"lora": {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": "all-linear"}}
 model = attach_method(base, "causal_lm", "lora", lora, folder).train()
 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 ids = torch.randint(0, model.config.vocab_size, (batch, 256))
@@ -82,7 +84,9 @@ optimizer.step()
 running[0] = False
 sampler.join()
 print(json.dumps({"measured": peak[0] - start,
-                  "estimated": memory.estimate(model, batch, 256, "adamw_torch", False)["activations"]}))
+                  "estimated": memory.estimate(model, batch, 256, "adamw_torch", kept_activations(
+                      model, "causal_lm", "lora", lora, folder, batch, 256, False),
+                      slack=memory.ALLOCATOR_SLACK["cpu"])["activations"]}))
 """
 
 
@@ -91,9 +95,15 @@ def test_the_activation_estimate_follows_a_measured_peak(tmp_path):
     no allocator keeps the first one's pages): the growth between them is activations only, and the estimate
     must follow it, for fused (SDPA, transformers' default) and for eager attention, which keeps the
     attention scores and so needs more."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     from tests.tiny_models import write_tiny_model
 
     folder = write_tiny_model("llama", tmp_path / "tiny")
+    config = AutoConfig.from_pretrained(folder)
+    config.intermediate_size = 8 * config.hidden_size  # SwiGLU keeps gate, up, activation and product at this width
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder, safe_serialization=True)
 
     def step(batch: int, attention: str) -> dict:
         done = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(folder), str(batch), attention], capture_output=True,
@@ -105,7 +115,7 @@ def test_the_activation_estimate_follows_a_measured_peak(tmp_path):
     for attention in ("sdpa", "eager"):
         small, large = step(4, attention), step(16, attention)
         measured, estimated = large["measured"] - small["measured"], large["estimated"] - small["estimated"]
-        assert 0.7 <= measured / estimated <= 1.5, (attention, measured, estimated)
+        assert 0.8 <= measured / estimated <= 1.2, (attention, measured, estimated)  # the sampled peak varies a few %
         growth[attention] = (measured, estimated)
     assert growth["eager"][0] > 1.3 * growth["sdpa"][0] and growth["eager"][1] > 1.3 * growth["sdpa"][1]
 
@@ -180,3 +190,25 @@ def test_keep_best_ends_with_the_weights_that_scored_best_on_validation(tmp_path
     loss = float(torch.nn.functional.cross_entropy(logits, torch.tensor([r["labels"] for r in rows])))
     assert loss == pytest.approx(min(logged), abs=1e-4)  # the kept weights are the best evaluation's
     assert not Path("checkpoints/toy").exists()
+
+
+def test_gradient_checkpointing_is_a_setting_switched_on_once(tmp_path, monkeypatch):
+    """Unset, QLoRA recomputes activations and a CPU adapter run keeps them; the setting decides otherwise. The
+    Trainer alone switches it on: QLoRA's preparation no longer does it too."""
+    from tests.tiny_models import write_tiny_model
+    from tunepipe.loading import attach_method, load_base
+    from tunepipe.training import training_arguments
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU defaults, whatever machine runs this
+    params = {"learning_rate": 0.001, "epochs": 1.0, "batch_size": 2, "threads": 1}
+    setup = {"seed": 0, "generates": True}
+    checkpointing = lambda method, **extra: training_arguments(  # noqa: E731
+        {**params, **extra}, {**setup, "method": method}, tmp_path, False, "fp32").activation_checkpointing
+    assert (checkpointing("lora"), checkpointing("qlora"), checkpointing("full")) == (False, True, False)
+    assert checkpointing("lora", gradient_checkpointing=True) and not checkpointing("qlora", gradient_checkpointing=False)
+
+    folder = write_tiny_model("llama", tmp_path / "tiny")
+    qlora = {"quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+    lora = {"lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
+    model = attach_method(load_base("causal_lm", folder, qlora=qlora), "causal_lm", "qlora", lora, folder)
+    assert not model.base_model.model.is_gradient_checkpointing

@@ -23,7 +23,10 @@ def placement() -> str | int:
     """Where a 4-bit model loads (it cannot move afterwards): this process's own GPU when several train."""
     return local_gpu() if device() == "cuda" else "cpu"
 
+# a language model's adapter: its base is frozen, so it may be stored and compute in half precision (a head's
+# new classifier trains: heads keep fp32); on a CPU, bf16 only (where it has bf16 instructions)
 BF16_ON_CPU = {"causal_lm": ("lora", "prompt_tuning"), "seq2seq": ("lora", "prompt_tuning")}
+HALF = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 def cpu_computes_bf16() -> bool:
@@ -51,6 +54,37 @@ def resolved_precision(requested: str | None, kind: str | None = None, method: s
     return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
 
 
+def frozen_dtype(precision: str, on_gpu: bool, kind: str, method: str) -> str:
+    """The dtype a training run stores its base's frozen weights in: half precision (as resolved) for a
+    language model's adapter on a GPU, as LLaMA-Factory, axolotl and TRL load it (a 7B base in 13.5 GB, not
+    27); bf16 on a CPU that computes in it; float32 for heads, full fine-tuning and the rest."""
+    half = HALF.get(precision)
+    if half is None or method not in BF16_ON_CPU.get(kind, ()) or (not on_gpu and half != "bfloat16"):
+        return "float32"
+    return half
+
+
+def inference_dtype(requested: str | None, kind: str, method: str) -> str:
+    """The dtype predict and merge load a model in: `auto` is half precision for a language model on a GPU
+    (bf16 where it computes in it natively, fp16 elsewhere), float32 on a CPU, for heads and for QLoRA (whose
+    base de-quantizes to its own compute dtype)."""
+    import torch
+
+    if requested not in (None, "auto"):
+        return requested
+    if not torch.cuda.is_available() or kind not in BF16_ON_CPU or method == "qlora":
+        return "float32"
+    return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
+
+
+def qlora_compute_dtype(requested: str) -> str:
+    """What a 4-bit base computes in: `auto` follows the precision a GPU resolves to (bf16 where it computes
+    in it natively, fp16 elsewhere) and is float32 on a CPU."""
+    if requested != "auto":
+        return requested
+    return {"bf16": "bfloat16", "fp16": "float16"}.get(resolved_precision("auto"), "float32")
+
+
 def device_description() -> str:
     """What this process computes on, as the recipe and the checkpoints record it."""
     import torch
@@ -63,15 +97,29 @@ def device_description() -> str:
 
 
 def one_process_one_gpu(processes: int) -> None:
-    """With `processes: 1` on a machine with several GPUs, show this process only the first: the Trainer
-    would otherwise wrap the model in DataParallel over all of them (another batch size, other results)
-    without being asked. Runs before CUDA starts (device_count reads NVML and starts nothing)."""
+    """With `processes: 1`, show this process only the first GPU it may use: on a machine with several, the
+    Trainer would otherwise wrap the model in DataParallel over all of them (another batch size, other
+    results) without being asked. It asks torch nothing: counting devices can start CUDA where NVML is
+    absent, after which the variable is read no more. One GPU or none, the narrowing changes nothing."""
+    if processes != 1 or os.environ.get("LOCAL_RANK") is not None:
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # "" hides every GPU: left so
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[0].strip() if visible is not None else "0"
+
+
+def deterministic_cuda() -> bool:
+    """On a GPU, make a re-run of the same training give the same bytes: deterministic algorithms (an op with
+    none warns), cuBLAS's fixed workspace (set before its first call) and cuDNN without autotuning. Bit-exact
+    holds on the same GPU model, driver and library versions; another GPU computes other bits. On a CPU
+    nothing is needed beyond pinned threads (pin_threads). Returns whether it applied."""
     import torch
 
-    if processes != 1 or os.environ.get("LOCAL_RANK") is not None or torch.cuda.device_count() <= 1:
-        return
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[0] if visible else "0"
+    if not torch.cuda.is_available():
+        return False
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    return True
 
 
 def pin_threads(threads: int) -> None:

@@ -75,18 +75,28 @@ def fetch_url(url: str, sha256: str | None, out: Path, budget: Budget) -> int:
     return 1
 
 
-def fetch_hub(params: dict[str, Any], where: str, out: Path) -> int:
+def fetch_hub(params: dict[str, Any], where: str, out: Path, budget: Budget) -> int:
+    """A hub dataset at its pinned revision (only `files`, if given), its listed sizes counted against the
+    budget before a byte is downloaded."""
     repo_id = require(params, "repo_id", where)
     revision = str(require(params, "revision", where))
     if not COMMIT.match(revision) and not params.get("follow"):
         raise StageError(f"{where}: revision must be a 40-character commit hash, got '{revision}' "
                          "(or set follow: true to track a branch)")
     require_hub(f"dataset '{repo_id}'", OFFLINE_HINT)
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.utils import filter_repo_objects
 
     try:
+        listing = HfApi().list_repo_tree(repo_id, repo_type="dataset", revision=revision, recursive=True)
+        files = [entry for entry in listing if getattr(entry, "size", None) is not None]  # folders have none
+        for entry in filter_repo_objects(files, allow_patterns=params.get("files"), key=lambda e: e.path):
+            budget.add_file(entry.path)
+            budget.add_bytes(entry.size, entry.path)
         snapshot_download(repo_id, repo_type="dataset", revision=revision, local_dir=out,
                           allow_patterns=params.get("files"))
+    except StageError:
+        raise
     except Exception as err:  # a repo, revision or file that is not there is final; the rest may pass
         from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 

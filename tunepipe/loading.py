@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunepipe.devices import placement
+from tunepipe.devices import placement, qlora_compute_dtype
 from tunepipe.errors import StageError
 from tunepipe.files import write_json
 from tunepipe.kinds import ADAPTER_METHODS, KINDS, MERGEABLE
@@ -25,7 +25,7 @@ def quantization_config(qlora: dict[str, Any]):
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=qlora["quant_type"],
                               bnb_4bit_use_double_quant=bool(qlora["double_quant"]),
-                              bnb_4bit_compute_dtype=getattr(torch, qlora["compute_dtype"]))
+                              bnb_4bit_compute_dtype=getattr(torch, qlora_compute_dtype(qlora["compute_dtype"])))
 
 
 def load_base(kind: str, folder: Path, labels: list[str] | None = None, qlora: dict[str, Any] | None = None,
@@ -75,8 +75,8 @@ def attach_method(model, kind: str, method: str, params: dict[str, Any], base: P
         return model
     if method in MERGEABLE:
         lora = params["lora"]
-        if method == "qlora":  # norms in fp32, inputs that carry gradients, gradient checkpointing
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+        if method == "qlora":  # norms in fp32; gradient checkpointing is the Trainer's to switch on, once
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         alpha = float(lora["alpha"])
         targets = lora.get("target_modules")  # None: peft's choice for the architecture (q and v projections)
         config = LoraConfig(r=int(lora["r"]), lora_alpha=int(alpha) if alpha.is_integer() else alpha,

@@ -5,20 +5,24 @@ An out-of-memory crash an hour into a run costs the hour; this estimate costs a 
 - gradients: one per trainable parameter, in its dtype;
 - optimizer state: AdamW keeps two moments per trainable parameter (4 bytes each; 1 byte each for the
   8-bit paged optimizer);
-- activations: per layer, the s·b·h·(34 + 5·a·s/h) bytes of Korthikanti et al. (2022, "Reducing Activation
-  Recomputation in Large Transformer Models") for 16-bit activations, doubled for 32-bit; the 5·a·s/h part
-  is the attention scores, which fused attention (PyTorch's SDPA, flash attention: transformers' default)
-  recomputes instead of keeping, so it counts only for eager attention. With gradient checkpointing only each
-  layer's input (2·s·b·h) is kept plus one layer's full set. The output logits, their softmax and gradient
-  add 3·s·b·vocab values. tests/test_training.py checks the activation term against a measured peak.
-It is an estimate of the peak, not a measurement: allocator slack and framework buffers come on top, so the
-stop triggers at `headroom` (90%) of the free memory.
+- activations: what the forward pass keeps for the backward one, counted on the meta device for this very
+  model, adapters and batch (tunepipe/activations.py), plus what the backward pass adds as it starts: the
+  loss's gradient over the logits, twice in fp32 (the loss's and its log-softmax's) and once in the logits'
+  own dtype, then one layer's gradients (eager attention's: its scores' too) while the rest is kept;
+- evaluation: where the longest validation batch needs more than the training step's activations (its logits,
+  their fp32 copy and log-softmax, with nothing kept for a backward pass), the difference.
+Activations are multiplied by the device's ALLOCATOR_SLACK (what the allocator holds beyond live tensors);
+framework buffers come on top, so the stop triggers at `headroom` (90%) of the free memory. bench/training_memory.py measures it against real steps.
 """
 from __future__ import annotations
 
 from typing import Any
 
 GIB = 1024 ** 3
+# what a step holds beyond its live tensors: on a CPU, freed blocks glibc keeps resident (those under its mmap
+# threshold, such as each adapter's input copy), measured 1.08-1.21x the live bytes of SmolLM2 LoRA steps
+# (bench/training_memory.py); on a GPU the estimate is checked against the caching allocator's live bytes
+ALLOCATOR_SLACK = {"cpu": 1.25, "cuda": 1.0}
 
 
 def _config_value(config, *names: str, default: int = 0) -> int:
@@ -29,31 +33,34 @@ def _config_value(config, *names: str, default: int = 0) -> int:
     return default
 
 
-def estimate(model, batch_size: int, seq_len: int, optimizer: str, checkpointing: bool,
-             outputs: int | None = None, half_precision: bool = False) -> dict[str, float]:
+def estimate(model, batch_size: int, seq_len: int, optimizer: str, kept: tuple[int, int],
+             outputs: int | None = None, eval_len: int = 0, logits_bytes: int = 4, slack: float = 1.0) -> dict[str, float]:
     """Bytes of each part of a training step's peak, for this model, batch and longest row.
 
-    `outputs`: the width of the output layer per position (the vocabulary of a language model, the number
-    of labels of a token head; a sequence head has one output row per example, not per position).
+    `kept`: the activations the forward pass keeps and one layer's share of them
+    (tunepipe.activations.kept_activations). `outputs`: the
+    width of the output layer per position (the vocabulary of a language model, the number of labels of a
+    token head; a sequence head has one output row per example, not per position). `eval_len`: the longest
+    validation row; `logits_bytes`: the size of one logit in the model's own dtype; `slack`: the device's
+    ALLOCATOR_SLACK, applied to what a step allocates and frees (activations).
     """
-    config = model.config
-    hidden = _config_value(config, "hidden_size", "d_model", "n_embd")
-    heads = _config_value(config, "num_attention_heads", "num_heads", "n_head", default=1)
-    layers = _config_value(config, "num_hidden_layers", "num_layers", "n_layer") + _config_value(
-        config, "num_decoder_layers")
-    vocab = outputs if outputs is not None else _config_value(config, "vocab_size")
-    activation_bytes = 2 if half_precision else 4
+    vocab = outputs if outputs is not None else _config_value(model.config, "vocab_size")
     trainable = [p for p in model.parameters() if p.requires_grad]
-    tokens = batch_size * seq_len
-    scores = 5 * heads * seq_len / max(hidden, 1) if getattr(config, "_attn_implementation", "eager") == "eager" else 0
-    per_layer = tokens * hidden * (34 + scores) * activation_bytes / 2
-    kept = layers * 2 * tokens * hidden + per_layer if checkpointing else layers * per_layer
+    kept_bytes, layer = kept
+    # the backward pass starts with the loss's gradient over the logits; then, layer by layer, each layer's
+    # gradients (about what it kept) while the layers below still hold theirs
+    backward = batch_size * seq_len * vocab * (4 + 4 + logits_bytes) + layer
+    if getattr(model.config, "_attn_implementation", None) == "eager":  # the scores' gradients, twice in fp32
+        heads = _config_value(model.config, "num_attention_heads", "num_heads", "n_head", default=1)
+        backward += batch_size * heads * seq_len * seq_len * 8
+    evaluation = batch_size * eval_len * vocab * (logits_bytes + 4 + 4)
     return {
         "weights": sum(p.numel() * p.element_size() for p in model.parameters())
         + sum(b.numel() * b.element_size() for b in model.buffers()),
         "gradients": sum(p.numel() * p.element_size() for p in trainable),
         "optimizer": sum(p.numel() for p in trainable) * 2 * (1 if "8bit" in optimizer else 4),
-        "activations": kept + 3 * tokens * vocab * 4,
+        "activations": int((kept_bytes + backward) * slack),
+        "evaluation": max(0, int(evaluation * slack) - int((kept_bytes + backward) * slack)),
     }
 
 

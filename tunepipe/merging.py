@@ -1,8 +1,8 @@
 """Folding a LoRA or QLoRA adapter into its base, checked, with a model card that says what made the result.
 
 A QLoRA adapter is folded into its base de-quantized to float, never into 4-bit weights. The merge checks
-itself: on fixed inputs the merged model's logits must equal the adapter model's within `tolerance` (state it
-for the merge `dtype`: float32 1e-3, bfloat16 about 5e-2). A plain LoRA adapter can be folded one safetensors
+itself: on fixed inputs the merged model's logits must equal the adapter model's within `tolerance` (`auto`:
+1e-3 for float32, 5e-2 for bfloat16 and float16). A plain LoRA adapter can be folded one safetensors
 shard of the base at a time (tunepipe/lora_shards.py).
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from tunepipe.errors import StageError
+from tunepipe.devices import inference_dtype
 from tunepipe.kinds import MERGEABLE
 from tunepipe.lora_shards import merge_by_shard, unsupported
 from tunepipe.settings.train import on_card
@@ -70,7 +71,8 @@ def check_mergeable(setup: dict[str, Any], params: dict[str, Any], where: str) -
     if setup["method"] not in MERGEABLE:
         raise StageError(f"{where}: method '{setup['method']}' has no low-rank update to merge "
                          f"(merge applies to {', '.join(MERGEABLE)}); remove merge from the file")
-    dtype = params.get("dtype", "float32")  # a 7B model merges in float16 in half the memory of float32
+    # auto: half precision on a GPU (a 7B model merges in half the memory of float32), float32 on a CPU
+    dtype = inference_dtype(params.get("dtype"), setup["kind"], setup["method"])
     if dtype not in DTYPES:
         raise StageError(f"{where}.dtype: one of {', '.join(DTYPES)}, not {dtype!r}")
     if setup["method"] == "qlora" and dtype != "float32":  # its base de-quantizes to its compute dtype
@@ -96,10 +98,16 @@ def merge_shards(base: Path, trained: Path, out: Path, dtype: str, kind: str):
     return load_base(kind, out, dtype=dtype).eval()
 
 
-def check_merged(merged, tokenizer, expected, tolerance: float, by_shard: bool, trained: Path) -> dict[str, Any]:
+def tolerance_for(setting: float | str, dtype: str) -> float:
+    """The merge check's tolerance: as set, or (`auto`) what the dtype's rounding alone moves logits by."""
+    return (1e-3 if dtype == "float32" else 5e-2) if setting == "auto" else float(setting)
+
+
+def check_merged(merged, tokenizer, expected, tolerance: float | str, by_shard: bool, trained: Path) -> dict[str, Any]:
     """merge_check.json: how far the merged model's logits are from the adapter model's; a failure stops."""
     difference = float((logits(merged, tokenizer, CHECK_TEXTS) - expected).abs().max())
     written = str(next(merged.parameters()).dtype).removeprefix("torch.")  # QLoRA's is its compute dtype
+    tolerance = tolerance_for(tolerance, written)
     check = {"max_abs_logit_difference": difference, "tolerance": float(tolerance), "dtype": written,
              "inputs": len(CHECK_TEXTS), "by_shard": by_shard, "passed": difference <= float(tolerance)}
     if not check["passed"]:

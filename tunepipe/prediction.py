@@ -103,20 +103,20 @@ def swapped_pairs(tokenizer, rows: list[dict], records: dict[str, dict], context
             for i, row in enumerate(rows)]
 
 
-def load_model(setup: dict[str, Any], which: str, base: Path, experiment: str, labels: list[str]):
-    """The model that predicts: the base as training starts from it (`before`), or the trained one."""
+def load_model(setup: dict[str, Any], which: str, base: Path, experiment: str, labels: list[str], dtype: str):
+    """The model that predicts, in `dtype`: the base as training starts from it (`before`), or the trained one."""
     from transformers import set_seed
 
     if which == "before":
         set_seed(setup["seed"])  # the same new head that training starts from
         # QLoRA starts from the 4-bit base, so that is its "before"
         model = load_base(setup["kind"], base, labels=None if setup["generates"] else labels,
-                          qlora=setup["qlora"]).eval()
+                          qlora=setup["qlora"], dtype=dtype).eval()
     else:
         trained = Path("models/trained") / experiment
         if not trained.exists():
             raise StageError(f"{trained}: not found (run dvc repro train@{experiment})")
-        model = load_trained(base, trained)
+        model = load_trained(base, trained, dtype=dtype)
     if setup["qlora"] is None:  # a 4-bit model is placed on its device as it loads
         model.to(device())
     return model

@@ -1,8 +1,9 @@
 """Tokenizing a converted dataset's splits into Arrow files, streamed in chunks.
 
-Training rows longer than `max_length` are left out and listed in `dropped.jsonl`; evaluation rows are all
-kept (scores cover the whole split), an evaluation prompt longer than the model's context (or
-`eval_max_length`) cut by the rule in `fit_to_context`. Records stream through in chunks (CHUNK_ROWS): one
+Training and validation rows longer than `max_length` are left out and listed in `dropped.jsonl`; test
+rows are all kept (scores cover the whole split), a test prompt longer than the model's context (or
+`eval_max_length`) cut by the rule in `fit_to_context`; a row that cannot fit the model's positions even
+so fails, naming it. Records stream through in chunks (CHUNK_ROWS): one
 batched tokenizer call per chunk, the Arrow file written as it goes, so memory stays flat whatever a split's
 size (bench/tokenize_speed.py measures both).
 """
@@ -56,6 +57,26 @@ def fit_to_context(row: dict[str, Any], kind: str, context: int, ends_special: b
     return True
 
 
+def fitted(row: dict[str, Any], row_id: str, split: str, kind: str, max_length: int, context: tuple[int, int],
+           ends_special: bool, where: str) -> bool | None:
+    """None: a training or validation row past max_length, left out (so validation measures the rows training
+    sees, and no validation batch is longer than a training one). True: a test row cut by `fit_to_context` to
+    `context`'s first figure (eval_max_length, or the model's positions; every test row is kept, so scores
+    cover the whole split). A row that still passes the model's positions (the second figure) fails here,
+    naming it, rather than as a device-side assert in training."""
+    cut_to, positions = context
+    cut = fit_to_context(row, kind, cut_to, ends_special) if split == "test" else False
+    if split != "test" and len(row["input_ids"]) > max_length:
+        return None
+    if len(row["input_ids"]) > positions:
+        prompt = row["prompt_length"] if kind == "causal_lm" else len(row["input_ids"])
+        fix = ("its prompt is cut to half the context already: the answer alone is too long" if split == "test"
+               else f"set max_length to at most {positions}")
+        raise StageError(f"{where}: {split} row {row_id}: {len(row['input_ids'])} tokens ({prompt} of prompt) cannot fit "
+                         f"the model's context of {positions} positions ({fix})")
+    return cut
+
+
 def encode_chunks(tokenizer, records: Iterable[dict[str, Any]], setup: dict[str, Any], params: dict[str, Any],
                   labels: list[str], where: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     """(record, encoded row) pairs, CHUNK_ROWS records per batched tokenizer call; nothing held beyond a chunk."""
@@ -94,7 +115,7 @@ def features_for(kind: str, tokenizer) -> Features:
 
 
 def tokenize_split(tokenizer, records: Iterable[dict[str, Any]], setup: dict[str, Any], params: dict[str, Any],
-                   labels: list[str], split: str, where: str, context: int, writer: ArrowWriter,
+                   labels: list[str], split: str, where: str, context: tuple[int, int], writer: ArrowWriter,
                    columns: Iterable[str], dropped: list[dict[str, Any]]) -> dict[str, int]:
     """Encode a split's records into `writer` (a datasets ArrowWriter), CHUNK_ROWS at a time; the rows left
     out go to `dropped`; returns the counts."""
@@ -108,15 +129,14 @@ def tokenize_split(tokenizer, records: Iterable[dict[str, Any]], setup: dict[str
         pieces = [(record["id"], encoded)] if record["kind"] != "text" or len(encoded["input_ids"]) <= max_length \
             else list(text_pieces(record["id"], encoded, max_length))
         for row_id, row in pieces:
-            # A training row must fit max_length whole, or it is left out (listed). Every evaluation row is
-            # kept, so scores cover the whole split: a prompt past the model's context is cut by a fixed rule.
-            if split != "train":
-                counts["truncated"] += fit_to_context(row, setup["kind"], context, row["input_ids"][-1] in special)
-            elif len(row["input_ids"]) > max_length:
+            kept = fitted(row, row_id, split, setup["kind"], max_length, context, row["input_ids"][-1] in special,
+                          where)
+            if kept is None:
                 dropped.append({"id": row_id, "split": split,
                                 "reason": f"too long: {len(row['input_ids'])} > max_length {max_length} tokens"})
                 counts["dropped"] += 1
                 continue
+            counts["truncated"] += kept
             row["id"] = row_id
             for name, column in batch.items():
                 column.append(row[name])
@@ -144,9 +164,9 @@ def input_fingerprint(path: Path, setup: dict[str, Any], params: dict[str, Any],
 
 
 def tokenize_splits(tokenizer, source: Path, setup: dict[str, Any], params: dict[str, Any], labels: list[str],
-                    where: str, context: int, scratch: Path) -> tuple[dict[str, Dataset], dict[str, dict], list[dict]]:
+                    where: str, context: tuple[int, int], scratch: Path) -> tuple[dict[str, Dataset], dict[str, dict], list[dict]]:
     """Each split of the converted dataset in `source` as a memory-mapped Arrow dataset written in `scratch`,
-    with its counts and the training rows left out."""
+    with its counts and the rows left out. `context`: (what test prompts are cut to, the model's positions)."""
     features = features_for(setup["kind"], tokenizer)
     splits, counts, dropped = {}, {}, []
     for split in SPLITS:

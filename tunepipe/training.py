@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from tunepipe import checkpoints, memory
-from tunepipe.devices import BF16_ON_CPU, device
+from tunepipe.devices import device, frozen_dtype, qlora_compute_dtype
 from tunepipe.errors import StageError
+from tunepipe.kinds import ADAPTER_METHODS
 from tunepipe.loading import attach_method, load_base
 from tunepipe.settings import train as train_settings
 
@@ -69,8 +70,10 @@ def training_arguments(params: dict[str, Any], setup: dict[str, Any], scratch: P
         # across processes a language model's loss is averaged over all tokens of the global batch; a head's
         # loss is already a mean per process, which the Trainer would otherwise count once per process
         average_tokens_across_devices=setup["generates"],
-        # QLoRA as its paper: activations recomputed in the backward pass
-        activation_checkpointing=method == "qlora", activation_checkpointing_kwargs={"use_reentrant": False},
+        # QLoRA as its paper, and any adapter on a GPU: activations recomputed in the backward pass (switched on
+        # here only: the Trainer enables it once, non-reentrant, so no input needs to require gradients)
+        activation_checkpointing=method == "qlora" or (cuda and method in ADAPTER_METHODS),
+        activation_checkpointing_kwargs={"use_reentrant": False},
         eval_strategy=("steps" if every else "epoch") if evaluate else "no",
         # keep_best: end with the weights of the evaluation that scored best on validation (a checkpoint at
         # each evaluation), instead of the last step's: early stopping chosen on validation, never on test
@@ -79,12 +82,6 @@ def training_arguments(params: dict[str, Any], setup: dict[str, Any], scratch: P
         logging_steps=1, report_to="none", include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0, disable_tqdm=False)
     return TrainingArguments(**{**decided, **declared})  # a declared setting wins over the stage's choice
-
-
-def bf16_weights(run: dict[str, str], kind: str, method: str) -> bool:
-    """bf16 on a CPU for a language model's adapter: the base's frozen weights are stored in bf16 (a head's
-    new classifier would be a bf16 weight that trains, so heads keep fp32, autocast where asked)."""
-    return run["precision"] == "bf16" and run["device"] == "cpu" and method in BF16_ON_CPU.get(kind, ())
 
 
 def full_precision_evaluation():
@@ -157,11 +154,12 @@ def resume_point(experiment: str, setup: dict[str, Any], params: dict[str, Any],
 
 def build_model(setup: dict[str, Any], params: dict[str, Any], base: Path, run: dict[str, str],
                 labels: list[str] | None):
-    """The base wrapped by the method, and the dtype its frozen weights are stored in. bf16 on a CPU, for a
-    method that trains an adapter: the frozen base is stored and computes in bf16 and the adapter trains in
-    fp32, with no autocast (which would cast every fp32 weight again at every step)."""
+    """The base wrapped by the method, and the dtype its frozen weights are stored in (devices.frozen_dtype):
+    half precision for a language model's adapter where the device computes in it; the adapter trains in
+    fp32 (peft keeps it so). On a CPU with no autocast (which would cast every fp32 weight again at every
+    step); on a GPU under the Trainer's autocast, as the peers train."""
     kind, method = setup["kind"], setup["method"]
-    stored = "bfloat16" if bf16_weights(run, kind, method) else "float32"
+    stored = frozen_dtype(run["precision"], run["device"] != "cpu", kind, method)
     model = attach_method(load_base(kind, base, labels=labels, qlora=setup["qlora"], dtype=stored), kind, method,
                           params, base)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -177,23 +175,37 @@ def memory_budget(params: dict[str, Any]) -> int:
     return memory.free_bytes(device(), int(params.get("processes") or 1))
 
 
-def check_memory(model, params: dict[str, Any], args, train_rows, labels: list[str] | None, kind: str,
-                 stored: str, budget: int, where: str) -> dict[str, Any]:
-    """The estimate for the longest training row against `budget`: a run that cannot fit stops here."""
+def check_memory(model, params: dict[str, Any], args, rows: tuple, labels: list[str] | None, setup: dict[str, Any],
+                 base: Path, stored: str, budget: int, where: str) -> dict[str, Any]:
+    """The estimate for the longest training row (and the longest validation row) against `budget`: a run
+    that cannot fit stops here, in one line."""
+    import torch
+
+    from tunepipe.activations import kept_activations
+
+    train_rows, eval_rows = rows
     longest = max(len(ids) for ids in train_rows["input_ids"])
+    eval_len = max((len(ids) for ids in eval_rows["input_ids"]), default=0) if eval_rows is not None else 0
+    kind, batch = setup["kind"], int(params["batch_size"])
     outputs = {"token_head": len(labels or []), "sequence_head": 0}.get(kind)  # None: the vocabulary
-    return memory.check_fits(memory.estimate(
-        model, int(params["batch_size"]), longest, args.optim, args.activation_checkpointing, outputs,
-        half_precision=args.bf16 or args.fp16 or stored == "bfloat16"), budget, where)
+    compute = getattr(torch, qlora_compute_dtype(setup["qlora"]["compute_dtype"])) if setup.get("qlora") else None
+    kept = kept_activations(model, kind, setup["method"], params, base, batch, longest, args.activation_checkpointing,
+                            compute)
+    half = args.bf16 or args.fp16 or stored != "float32"
+    return memory.check_fits(memory.estimate(model, batch, longest, args.optim, kept, outputs, eval_len,
+                                             logits_bytes=2 if half else 4,
+                                             slack=memory.ALLOCATOR_SLACK[device()]), budget, where)
 
 
-def build_trainer(model, args, setup: dict[str, Any], train_rows, eval_rows, collator, stored: str, reports: Path):
-    """The Trainer, logging curves to reports/<experiment>/live; evaluating in fp32 where the base is bf16."""
+def build_trainer(model, args, setup: dict[str, Any], train_rows, eval_rows, collator, cpu_bf16: bool,
+                  reports: Path):
+    """The Trainer, logging curves to reports/<experiment>/live; evaluating in fp32 where a CPU run's base is
+    bf16 (`cpu_bf16`; on a GPU the evaluation runs under the same autocast as training)."""
     from transformers import Trainer
 
     from tunepipe.trainlog import LiveCurves
 
-    return (full_precision_evaluation() if stored == "bfloat16" else Trainer)(
+    return (full_precision_evaluation() if cpu_bf16 else Trainer)(
         model=model, args=args, train_dataset=train_rows, data_collator=collator, eval_dataset=eval_rows,
         compute_metrics=None if setup["generates"] else head_accuracy,
         callbacks=[LiveCurves(reports / "live")]

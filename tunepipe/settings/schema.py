@@ -6,7 +6,7 @@ the same keys, every one optional). tunepipe/settings/resolve.py fills the gaps 
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -69,6 +69,8 @@ class Predict(Strict):
     threads: Int | None = Field(default=None, gt=0)
     decoding: Decoding | None = None
     pair_orders: Literal["given", "both"] | None = None  # a head on sentence pairs: average both orders' probabilities
+    # the dtype the model loads in; auto: half precision for a language model on a GPU, float32 elsewhere
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     # a generator behind a gate (score.gate): rows opening with one of these are generated again without it
     answer_anyway: list[str] | None = None
 
@@ -81,16 +83,18 @@ class Predict(Strict):
 
 
 class Merge(Strict):
-    tolerance: Number | None = Field(default=None, gt=0)
+    # auto: 1e-3 for a float32 merge, 5e-2 for bfloat16 or float16 (their rounding alone moves logits that far)
+    tolerance: Union[Literal["auto"], Annotated[Number, Field(gt=0)], None] = None
     threads: Int | None = Field(default=None, gt=0)
-    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None  # auto: as predict's
     by_shard: Union[bool, Literal["auto"], None] = None
 
 
 class QLora(Strict):
     quant_type: Literal["nf4", "fp4"] | None = None
     double_quant: bool | None = None
-    compute_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    # auto: the GPU's half precision (bf16 where native, else fp16), float32 on a CPU (tunepipe/devices.py)
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
 
 
 class Experiment(Strict):

@@ -69,6 +69,9 @@ class Train(Strict):
     accelerate_config: Annotated[str | None, Feeds(effect="machine")] = None  # a path on this machine
     memory_limit_gb: Annotated[Number | None, Feeds(effect="none")] = Field(default=None, gt=0)
     keep_best: Annotated[Literal["loss", "accuracy"] | None, Feeds()] = None
+    # activations recomputed in the backward pass instead of kept (the same values: it changes memory and time,
+    # not the weights); unset: on for QLoRA, and for any adapter on a GPU (memory is the limit), off on a CPU
+    gradient_checkpointing: Annotated[bool | None, Feeds("activation_checkpointing", effect="none")] = None
 
 
 def declarations() -> dict[str, Feeds]:
