@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from tunepipe.context import model_context
+from tunepipe.context import learned_positions, model_context
 from tunepipe.files import atomic_dir, write_json, write_jsonl
 from tunepipe.settings import load_experiment, read_labels, where
 from tunepipe.stage import one_item, run_stage
@@ -29,7 +29,8 @@ def main(argv: list[str]) -> None:
     if params.get("chat_template"):
         tokenizer.chat_template = params["chat_template"]
     positions = model_context(base, tokenizer)
-    context = (int(params.get("eval_max_length") or positions), positions)  # test prompts cut to; the model's own
+    # test prompts are cut to the first; a row past the second (a learned position table's size) cannot run
+    context = (int(params.get("eval_max_length") or positions), positions if learned_positions(base) else None)
     source, labels = Path("data/converted") / setup["dataset"], read_labels(setup)
     with atomic_dir(Path("data/tokenized") / experiment) as out, tempfile.TemporaryDirectory(dir=out.parent) as scratch:
         splits, counts, dropped = tokenize_splits(tokenizer, source, setup, params, labels,

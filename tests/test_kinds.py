@@ -337,16 +337,24 @@ def test_validation_rows_past_max_length_are_left_out_like_training_rows(tmp_pat
 
 
 def test_a_row_that_cannot_fit_the_context_fails_tokenize_naming_it(tmp_path, monkeypatch):
-    """A row longer than the model's positions (here max_length allows what the model's table does not) fails
-    tokenize saying which row, how long, and what to change, rather than training failing on a position past
-    the table. eval_max_length, which only says how far test prompts are cut, does not count against it."""
+    """A row longer than a learned position table (GPT-2's; max_length allows what the table does not) fails
+    tokenize saying which row, how long, and what to change, rather than training failing on an index past
+    the table. eval_max_length, which only says how far test prompts are cut, does not count against it; a
+    model that computes its positions (rotary: Llama) takes the row."""
     monkeypatch.chdir(tmp_path)
-    name = workspace(tmp_path, "llama", "causal_lm", "lora")
+    name = workspace(tmp_path, "gpt2", "causal_lm", "lora")
     edit(tmp_path / "experiments/toy.yaml", "tokenize.eval_max_length", 4)
     config_stage.main([name])
     tokenize_stage.main([name])  # test prompts cut to 4 tokens' room: every row still fits the model
     config = json.loads((tmp_path / "models/base/tiny/config.json").read_text())
-    (tmp_path / "models/base/tiny/config.json").write_text(json.dumps({**config, "max_position_embeddings": 8}))
+    (tmp_path / "models/base/tiny/config.json").write_text(json.dumps({**config, "n_positions": 8}))
     with pytest.raises(StageError, match=r"experiments/toy.yaml tokenize: train row [\w-]+: \d+ tokens \(\d+ of prompt\) "
                                          r"cannot fit the model's context of 8 positions \(set max_length to at most 8\)"):
         tokenize_stage.main([name])
+    rotary = tmp_path / "rotary"
+    rotary.mkdir()
+    monkeypatch.chdir(rotary)
+    name = workspace(rotary, "llama", "causal_lm", "lora")
+    config = json.loads((rotary / "models/base/tiny/config.json").read_text())
+    (rotary / "models/base/tiny/config.json").write_text(json.dumps({**config, "max_position_embeddings": 8}))
+    tokenize_stage.main([name])

@@ -126,8 +126,11 @@ def test_predictions_hold_the_prompt_and_their_decoding_settings(repo):
     rows = [json.loads(line) for line in (repo / "data/predictions" / EXPERIMENT / "after.jsonl").read_text().splitlines()]
     assert all(row["prompt"].startswith("<|im_start|>system") and row["prompt"].endswith("<|im_start|>assistant\n")
                for row in rows)  # as the model saw it: SmolLM2's chat template around the instruction
+    from tunepipe.devices import inference_dtype
+
     settings = json.loads((repo / "data/predictions" / EXPERIMENT / "after.settings.json").read_text())
     assert settings == {"rows": 2, "batch_size": 8, "decoding": {"max_new_tokens": 8, "do_sample": False},
+                        "dtype": inference_dtype(None, "causal_lm", "lora"),  # float32 on a CPU
                         "prompts_cut_to_fit": 0, "model": "trained"}
 
 

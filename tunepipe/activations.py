@@ -45,6 +45,9 @@ def saved_by_forward(config, kind: str, method: str, params: dict[str, Any], bas
     from tunepipe.kinds import KINDS
     from tunepipe.loading import attach_method
 
+    if kind != "sequence_head":  # no pad id: no data-dependent padding check (a meta tensor has no data to read)
+        config = copy.copy(config)
+        config.pad_token_id = None
     with torch.device("meta"):
         model = getattr(transformers, KINDS[kind].auto_class).from_config(config, dtype=dtype)
         model = attach_method(model, kind, "lora" if method == "qlora" else method, params, base).train()
@@ -87,8 +90,13 @@ def kept_activations(model, kind: str, method: str, params: dict[str, Any], base
     config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
     frozen = next((p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()), torch.float32)
     dtype = dtype or (frozen if frozen in (torch.float32, torch.bfloat16, torch.float16) else torch.float32)
-    one, two = (saved_by_forward(with_layers(config, n), kind, method, params, base, dtype, batch, seq_len)
-                for n in (1, 2))
+    try:
+        one, two = (saved_by_forward(with_layers(config, n), kind, method, params, base, dtype, batch, seq_len)
+                    for n in (1, 2))
+    except (RuntimeError, NotImplementedError, ValueError) as err:  # a forward that reads its data (GPT-2 heads)
+        print(f"[train] memory estimate: activations not counted ({str(err).splitlines()[0][:120]}); "
+              "the estimate below covers weights, gradients, optimizer state and logits only")
+        return 0, 0
     per_layer, outside = two - one, 2 * one - two
     layers = layers_of(config)
     if not checkpointing:

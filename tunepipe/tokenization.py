@@ -62,13 +62,13 @@ def fitted(row: dict[str, Any], row_id: str, split: str, kind: str, max_length: 
     """None: a training or validation row past max_length, left out (so validation measures the rows training
     sees, and no validation batch is longer than a training one). True: a test row cut by `fit_to_context` to
     `context`'s first figure (eval_max_length, or the model's positions; every test row is kept, so scores
-    cover the whole split). A row that still passes the model's positions (the second figure) fails here,
-    naming it, rather than as a device-side assert in training."""
-    cut_to, positions = context
+    cover the whole split). A row that still passes a learned position table's size (the second figure, None
+    for rotary and relative positions) fails here, naming it, rather than as an index error in training."""
+    cut_to, positions = context  # positions: None where the model computes them (rotary, relative)
     cut = fit_to_context(row, kind, cut_to, ends_special) if split == "test" else False
     if split != "test" and len(row["input_ids"]) > max_length:
         return None
-    if len(row["input_ids"]) > positions:
+    if positions is not None and len(row["input_ids"]) > positions:
         prompt = row["prompt_length"] if kind == "causal_lm" else len(row["input_ids"])
         fix = ("its prompt is cut to half the context already: the answer alone is too long" if split == "test"
                else f"set max_length to at most {positions}")
