@@ -67,6 +67,36 @@ def test_atomic_dir_leaves_nothing_when_the_stage_dies(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left behind
 
 
+KILLED_MID_WRITE = """
+import os, signal, sys
+from tunepipe.files import atomic_dir, atomic_file
+with atomic_file(sys.argv[1] + "/model.json") as handle, atomic_dir(sys.argv[1] + "/weights") as folder:
+    handle.write('{"half": ')
+    handle.flush()
+    (folder / "shard-1.bin").write_bytes(b"1" * 100)
+    os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer would: no cleanup runs
+"""
+
+
+def test_a_writer_killed_outright_leaves_no_output_and_the_next_write_clears_its_temporaries(tmp_path):
+    import subprocess
+    import sys
+
+    from tunepipe.files import atomic_file
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(tmp_path)])
+    assert killed.returncode == -9
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert [name.split(".tmp-")[0] for name in left] == [".model.json", ".weights"]  # half-written, never renamed
+    live = tmp_path / ".model.json.tmp-1-x"  # pid 1 is alive: another writer's file is not ours to remove
+    live.write_text("")
+    with atomic_file(tmp_path / "model.json") as handle:
+        handle.write("{}")
+    with atomic_dir(tmp_path / "weights") as folder:
+        (folder / "shard-1.bin").write_bytes(b"2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "model.json", "weights"]
+
+
 def test_missing_params_entry_names_file_and_key(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("train:\n  dialogsum: {epochs: 1}\n")

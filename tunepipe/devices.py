@@ -82,7 +82,7 @@ def qlora_compute_dtype(requested: str) -> str:
     in it natively, fp16 elsewhere) and is float32 on a CPU."""
     if requested != "auto":
         return requested
-    return {"bf16": "bfloat16", "fp16": "float16"}.get(resolved_precision("auto"), "float32")
+    return HALF.get(resolved_precision("auto"), "float32")
 
 
 def device_description() -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -16,12 +17,33 @@ UMASK = os.umask(0o022)
 os.umask(UMASK)  # read the process umask (the call sets it, so set it straight back)
 
 
+def temporary_prefix(final: Path) -> str:
+    """The name prefix of `final`'s temporary sibling, carrying the writer's pid. A writer killed outright
+    (SIGKILL, out of memory) cannot clean up after itself, so each new write of `final` first removes the
+    siblings whose writer is gone; a live writer's (another process writing the same output) is left be."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
+        pid = stale.name[len(final.name) + 6:].split("-", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    return f".{final.name}.tmp-{os.getpid()}-"
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path | str) -> Iterator[Path]:
     """Yield an empty temporary directory beside `final`; on success it replaces `final` in one rename."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(final), dir=final.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes 0700; an output folder gets the usual mode
@@ -36,8 +58,7 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_file(final: Path | str, mode: str = "w") -> Iterator[Any]:
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(final), dir=final.parent)
     try:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding, newline=None if "b" in mode else "\n") as handle:
