@@ -34,7 +34,7 @@ test: env
 
 # CPU benchmarks against the naive way and the peers (reports/bench.md); needs `make repro` done first
 bench: env
-	pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	pip install --quiet --disable-pip-version-check -e '.[test]'
 	python bench/run.py
 
 # The Prefect server and UI, on localhost only and offline (analytics off): http://127.0.0.1:4200

@@ -20,6 +20,7 @@ import yaml
 from tunepipe.errors import StageError
 from tunepipe.imports import code_deps
 from tunepipe.layout import EXPERIMENTS, PARAMS
+from tunepipe.objectives import check_init_from
 from tunepipe.settings import experiment_names
 from tunepipe.settings.resolve import resolve
 from tunepipe.sources import read_yaml
@@ -56,6 +57,13 @@ def checked_setups(prefix: str) -> dict[str, dict[str, Any]]:
         if gate and gate.get("experiment") not in setups:
             raise StageError(f"experiments/{name}.yaml: score.gate.experiment {gate.get('experiment')!r} is not an "
                              f"experiment of this profile (it has {', '.join(setups)})")
+    for name, setup in setups.items():
+        start = setup.get("init_from")
+        if start and start not in setups:
+            raise StageError(f"experiments/{name}.yaml: init_from {start!r} is not an experiment of this profile "
+                             f"(it has {', '.join(setups)})")
+        if start:
+            check_init_from(setup, setups[start], f"experiments/{name}.yaml")
     registry = read_yaml(PARAMS)
     for name, setup in setups.items():
         for group, own in (("datasets", setup["own_dataset"]), ("models", setup["own_model"])):
@@ -120,6 +128,10 @@ def experiment_items(setups: dict[str, dict], prefix: str) -> dict[str, dict[str
                    "metric": s["metric"],
                    "accelerate": root_path(prefix, s["train"]["accelerate_config"]) if s["train"].get(
                        "accelerate_config") else at(prefix, f"data/config/{name}/train.json"),
+                   # the trained model training starts from (and predict's "before" is), where another makes it
+                   # (without one, a dep each stage has already stands in: DVC takes no empty item)
+                   **{f"init_{stage}": at(prefix, f"models/trained/{s['init_from']}") if s.get("init_from")
+                      else at(prefix, f"data/config/{name}/{stage}.json") for stage in ("train", "predict")},
                    # a cascade's gate: another experiment's predictions on the same rows
                    "gate": at(prefix, f"data/predictions/{s['score']['gate']['experiment']}/after.jsonl")
                    if (s.get("score") or {}).get("gate") else at(prefix, f"data/config/{name}/score.json")}
@@ -143,11 +155,11 @@ def training_stages(items: dict[str, dict], merged: list[str], prefix: str) -> d
         "cmd": command("tokenize", "${key}", prefix),
         "deps": [*code_deps("stages.tokenize"), config_of("tokenize"), at(prefix, "data/converted/${item.dataset}"), base],
         "outs": [at(prefix, "data/tokenized/${key}"), {at(prefix, "reports/tokenize/${key}.json"): {"cache": False}}]}}
-    stages["train"] = {"foreach": pick(items, "dataset", "model", "accelerate"), "do": {
+    stages["train"] = {"foreach": pick(items, "dataset", "model", "accelerate", "init_train"), "do": {
         "cmd": command("train", "${key}", prefix),
         "deps": [*code_deps("stages.train"), config_of("train"), at(prefix, "data/tokenized/${key}/train"),
                  at(prefix, "data/tokenized/${key}/validation"), at(prefix, "data/converted/${item.dataset}/labels.json"),
-                 base, "${item.accelerate}"],
+                 base, "${item.accelerate}", "${item.init_train}"],
         "outs": [at(prefix, "models/trained/${key}"), {at(prefix, "reports/train/${key}/summary.json"): {"cache": False}}],
         "metrics": [{at(prefix, "reports/train/${key}/live/metrics.json"): {"cache": False}}],
         "plots": [{at(prefix, "reports/train/${key}/live/plots/metrics"): {"cache": False, "x": "step"}}]}}
@@ -165,11 +177,11 @@ def result_stages(items: dict[str, dict], names: list[str], prefix: str) -> dict
     data = lambda path: at(prefix, f"data/converted/${{item.dataset}}/{path}")  # noqa: E731
     stages: dict[str, Any] = {}
     for which in ("before", "after"):
-        stages[f"predict_{which}"] = {"foreach": pick(items, "dataset", "model"), "do": {
+        stages[f"predict_{which}"] = {"foreach": pick(items, "dataset", "model", "init_predict"), "do": {
             "cmd": command("predict", "${key}", prefix, which),
             "deps": [*code_deps("stages.predict"), config_of("predict"), at(prefix, "data/tokenized/${key}/test"),
                      data("test.jsonl"), data("labels.json"), at(prefix, "models/base/${item.model}")]
-            + ([at(prefix, "models/trained/${key}")] if which == "after" else []),
+            + ([at(prefix, "models/trained/${key}")] if which == "after" else ["${item.init_predict}"]),
             "outs": [at(prefix, f"data/predictions/${{key}}/{which}.jsonl"),
                      at(prefix, f"data/predictions/${{key}}/{which}.settings.json")]}}
     stages["score"] = {"foreach": pick(items, "dataset", "metric", "gate"), "do": {

@@ -102,7 +102,7 @@ def test_messages_rows_take_text_parts_and_refuse_images_and_tools(tmp_path):
         {"text": "no messages"}])
     records, ledger = run(messages, tmp_path)
     assert records[0]["messages"][0] == {"role": "user", "content": "Hi there"}
-    assert reasons(ledger) == {"m.jsonl:2": "messages turn 1: only text content is supported",
+    assert reasons(ledger) == {"m.jsonl:2": "messages turn 1: only text content is supported (a 'image_url' part)",
                                "m.jsonl:3": "messages turn 2: role 'tool' is not one of system, user, assistant",
                                "m.jsonl:4": "missing field: messages"}
 

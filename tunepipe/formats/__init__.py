@@ -13,6 +13,7 @@ assigns one by the hash of the record's `group` (default: its id). Records that 
 - "text":        text                      (plain text for completion training)
 - "labelled":    text, (text_pair), label  (a classification example)
 - "tokens":      tokens, tags              (IOB2 sequence labelling)
+- "preference":  prompt, chosen, rejected  (TRL's standard or conversational shape, for DPO)
 
 `OPTIONS` names the options a reader takes (with their defaults), so an experiment file with an unknown one
 fails before anything runs. `LABELS`, where a release fixes its classes, is the label order of a head;
@@ -42,6 +43,7 @@ READERS = {
     "messages": "tunepipe.formats.messages",
     "text": "tunepipe.formats.text",
     "table": "tunepipe.formats.table",
+    "preference": "tunepipe.formats.preference",  # chosen / rejected pairs, for DPO
 }
 
 

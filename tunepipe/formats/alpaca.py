@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunepipe.ledger import Ledger
-from tunepipe.formats.rows import Seen, checked_messages, column, iter_rows, record_id, text_of
+from tunepipe.formats.rows import Seen, checked_messages, column, iter_rows, record_id, unread_meaning, text_of
 
 OPTIONS = {"columns": {}}
 FIELDS = ("instruction", "input", "output", "system", "history", "id")
@@ -45,6 +45,7 @@ def read(raw_dir: Path, options: dict[str, Any], ledger: Ledger) -> Iterator[dic
     seen = Seen(ledger)
     for where, row, split in iter_rows(raw_dir, ledger):
         try:
+            unread_meaning(row, "alpaca")
             record = to_record(row, columns)
         except ValueError as err:
             ledger.reject(where, str(err), row)

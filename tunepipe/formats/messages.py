@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunepipe.ledger import Ledger
-from tunepipe.formats.rows import Seen, checked_messages, column, iter_rows, record_id
+from tunepipe.formats.rows import Seen, checked_messages, column, iter_rows, record_id, unread_meaning
 
 OPTIONS = {"columns": {}}
 
@@ -21,6 +21,7 @@ def read(raw_dir: Path, options: dict[str, Any], ledger: Ledger) -> Iterator[dic
     seen = Seen(ledger)
     for where, row, split in iter_rows(raw_dir, ledger):
         try:
+            unread_meaning(row, "messages")
             record = {"kind": "chat", "messages": checked_messages(column(row, columns, "messages"))}
         except ValueError as err:
             ledger.reject(where, str(err), row)

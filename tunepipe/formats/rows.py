@@ -180,6 +180,29 @@ def text_of(value: Any, field: str) -> str:
 
 
 ROLES = ("system", "user", "assistant")
+# columns that change what a row means: a reader that does not read them refuses the row rather than drop them
+MEANINGFUL = {"label": "unpaired rows marked desirable or not (KTO data)",
+              "chosen": "a preference pair (format: preference)", "rejected": "a preference pair (format: preference)"}
+
+
+def unread_meaning(row: dict[str, Any], fmt: str) -> None:
+    """Refuse a row with a column this format does not read but which says what the row is."""
+    for name, meaning in MEANINGFUL.items():
+        if row.get(name) is not None:
+            raise ValueError(f"column {name!r} is not read by format {fmt}, and it makes the row {meaning}")
+
+
+def text_parts(parts: list, where: str) -> str:
+    """Content parts as text: OpenAI's {type: text, text} and LLaMA-Factory v1's {type: text, value}."""
+    texts = []
+    for part in parts:
+        if not isinstance(part, dict) or part.get("type") != "text":
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise ValueError(f"{where}: only text content is supported (a {kind!r} part)")
+        if not isinstance(part.get("text", part.get("value")), str):
+            raise ValueError(f"{where}: a text part has neither 'text' nor 'value' (keys: {', '.join(sorted(part))})")
+        texts.append(part.get("text", part.get("value")))
+    return "".join(texts)
 
 
 def checked_messages(messages: Any, what: str = "messages") -> list[dict[str, str]]:
@@ -192,10 +215,11 @@ def checked_messages(messages: Any, what: str = "messages") -> list[dict[str, st
         if not isinstance(turn, dict):
             raise ValueError(f"{what} turn {number}: expected an object, got {type(turn).__name__}")
         role, content = turn.get("role"), turn.get("content")
-        if isinstance(content, list):  # OpenAI's content parts: text only
-            if any(not isinstance(part, dict) or part.get("type") != "text" for part in content):
-                raise ValueError(f"{what} turn {number}: only text content is supported")
-            content = "".join(part.get("text") or "" for part in content)
+        if turn.get("loss_weight") is not None:  # LLaMA-Factory v1: a turn it may say not to learn
+            raise ValueError(f"{what} turn {number}: loss_weight is not read (every assistant turn would be learnt, "
+                             "whatever its weight says)")
+        if isinstance(content, list):
+            content = text_parts(content, f"{what} turn {number}")
         if role not in ROLES:
             raise ValueError(f"{what} turn {number}: role {role!r} is not one of {', '.join(ROLES)}")
         if not isinstance(content, str) or not content.strip():

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunepipe.ledger import Ledger
-from tunepipe.formats.rows import Seen, checked_messages, column, iter_rows, record_id
+from tunepipe.formats.rows import Seen, checked_messages, column, iter_rows, record_id, unread_meaning
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
          "bard": "assistant", "model": "assistant", "system": "system"}
@@ -47,6 +47,7 @@ def read(raw_dir: Path, options: dict[str, Any], ledger: Ledger) -> Iterator[dic
     seen = Seen(ledger)
     for where, row, split in iter_rows(raw_dir, ledger):
         try:
+            unread_meaning(row, "sharegpt")
             record = {"kind": "chat", "messages": to_messages(row, opts)}
         except ValueError as err:
             ledger.reject(where, str(err), row)

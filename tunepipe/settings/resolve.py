@@ -20,16 +20,19 @@ from tunepipe.errors import StageError
 from tunepipe.formats import READERS, known_options
 from tunepipe.kinds import KINDS, MERGEABLE, check_bitsandbytes
 from tunepipe.layout import DEFAULTS, EXPERIMENTS
+from tunepipe.objectives import OBJECTIVES, check_objective
 from tunepipe.settings.schema import Experiment
 from tunepipe.sources import DataSpec, ModelSpec, check_file, infer_source, read_yaml, registry_entry, shown
 
+# written only where an experiment sets them, so an sft experiment's settings files stay as they were
+ONLY_WHEN_SET = ("objective", "init_from")
 # what the experiment is; its name is not in the files (the stage knows it), so two experiments with the same
 # settings have the same settings files, and the same cache entries
 IDENTITY = ("dataset", "model", "kind", "kind_rows", "generates")
 STAGE_KEYS = {  # what each stage reads: a change anywhere else leaves it up to date
-    "tokenize": (*IDENTITY, "tokenize"),
-    "train": (*IDENTITY, "method", "seed", "qlora", "train"),
-    "predict": (*IDENTITY, "method", "metric", "seed", "qlora", "predict"),
+    "tokenize": (*IDENTITY, "objective", "tokenize"),
+    "train": (*IDENTITY, "objective", "init_from", "method", "seed", "qlora", "train"),
+    "predict": (*IDENTITY, "init_from", "method", "metric", "seed", "qlora", "predict"),
     "score": (*IDENTITY, "metric", "score"),
     "merge": (*IDENTITY, "method", "qlora", "merge", "train"),
     "report": (*IDENTITY, "task", "description", "method", "metric", "targets"),
@@ -81,6 +84,9 @@ def resolve(name: str, root: Path = Path(".")) -> dict[str, Any]:
         raise StageError(f"{where}: dataset.format: missing (one of {', '.join(sorted(READERS))})")
     setup = check_file(with_defaults(own), path, Experiment).model_dump(exclude_unset=True)
     check_pairs(setup, own, where)
+    if setup.get("objective") == "sft":
+        del setup["objective"]  # the default, written or not: the same settings files
+    check_objective(setup, where)
     check_required(setup, where)
     check_method_sections(setup["train"], setup["method"], where)
     if setup["train"].get("keep_best") and not setup["train"].get("eval_steps"):
@@ -92,7 +98,8 @@ def resolve(name: str, root: Path = Path(".")) -> dict[str, Any]:
     setup.update(name=name, dataset=dataset, model=model, own_dataset=not isinstance(own["dataset"], str),
                  own_model=not isinstance(own["model"], str), format=data["format"], source=data.get("source"),
                  model_source=base.get("source"), data=data, base=base,
-                 kind_rows=list(KINDS[kind].rows), generates=KINDS[kind].generates)
+                 kind_rows=[OBJECTIVES[setup["objective"]].rows] if setup.get("objective") else list(KINDS[kind].rows),
+                 generates=KINDS[kind].generates)
     return setup
 
 
@@ -169,7 +176,8 @@ def check_dataset_options(dataset: str, data: dict[str, Any], where: Path) -> No
 
 
 def stage_settings(setup: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    files = {stage: {key: setup.get(key) for key in keys} for stage, keys in STAGE_KEYS.items()}
+    files = {stage: {key: setup.get(key) for key in keys if key not in ONLY_WHEN_SET or setup.get(key)}
+             for stage, keys in STAGE_KEYS.items()}
     if "merge" not in setup:
         del files["merge"]
     return files

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from tunepipe.kinds import KINDS, METHODS, METRICS
+from tunepipe.objectives import NAMES as OBJECTIVES
 from tunepipe.settings.fields import Int, Number, Strict
 from tunepipe.settings.train import Train
 from tunepipe.sources import DataSpec, ModelSpec
@@ -106,6 +107,8 @@ class Experiment(Strict):
     kind: Literal[tuple(KINDS)] | None = None  # type: ignore[valid-type]
     method: Literal[METHODS] | None = None  # type: ignore[valid-type]
     metric: Literal[METRICS] | None = None  # type: ignore[valid-type]
+    objective: Literal[OBJECTIVES] | None = None  # type: ignore[valid-type]  # unset: sft (tunepipe/objectives.py)
+    init_from: str | None = None  # another experiment of the profile whose trained model this one starts from
     seed: Int | None = None
     qlora: QLora | None = None
     tokenize: Tokenize | None = None

@@ -1,0 +1,73 @@
+"""Training objective × model kind × method, decided in one place, beside the kind × method table (kinds.py).
+
+| objective | trained by (TRL)     | reads rows    | kinds     | methods            | its own settings        |
+|-----------|----------------------|---------------|-----------|--------------------|-------------------------|
+| sft       | transformers Trainer | the kind's    | all       | the kind's         | -                       |
+| dpo       | DPOTrainer/DPOConfig | preference    | causal_lm | lora, qlora, full  | train.dpo: beta, loss_type, ... |
+
+A preference objective is TRL's own trainer and config: no loss is written here. `train.<objective>` passes
+the listed fields of its TRL config class as they are (tests/test_objectives.py checks each name is one of
+that class's fields); the rest of the arguments come from the train settings like any run's.
+`init_from: <experiment>` starts from another experiment's trained model, which is then also the reference
+the objective measures the policy against (TRL's frozen copy of the starting adapter, or of the whole model).
+Nothing heavy is imported here, so checking an experiment against the table takes no time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunepipe.errors import StageError
+
+
+@dataclass(frozen=True)
+class Objective:
+    trainer: str  # the TRL class names, imported when a stage trains
+    config: str
+    rows: str  # the converted row kind it reads (formats/__init__.py)
+    kinds: tuple[str, ...]
+    methods: tuple[str, ...]
+    settings: tuple[str, ...]  # the fields of `config` an experiment may set under train.<objective>
+
+
+OBJECTIVES = {
+    "dpo": Objective("DPOTrainer", "DPOConfig", "preference", ("causal_lm",), ("lora", "qlora", "full"),
+                     ("beta", "loss_type", "loss_weights", "label_smoothing", "f_divergence_type",
+                      "f_alpha_divergence_coef", "discopop_tau", "ld_alpha", "use_weighting",
+                      "precompute_ref_log_probs", "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps")),
+}
+
+NAMES = ("sft", *OBJECTIVES)
+
+
+def check_objective(setup: dict, where: str) -> None:
+    """The objective fits the kind and method, its settings are its TRL config's, and another objective's
+    section is not set: a pair that does not fit fails before anything loads."""
+    name, train = setup.get("objective") or "sft", setup["train"]
+    for other in OBJECTIVES:
+        if other != name and train.get(other) is not None:
+            raise StageError(f"{where}: train.{other}: settings of the {other} objective, but objective is {name!r}")
+    if name == "sft":
+        if setup.get("init_from"):
+            raise StageError(f"{where}: init_from: supported for a preference objective ({', '.join(OBJECTIVES)}); "
+                             "an sft experiment starts from its base model")
+        return
+    objective = OBJECTIVES[name]
+    if setup["kind"] not in objective.kinds or setup["method"] not in objective.methods:
+        raise StageError(f"{where}: objective: {name!r} trains a {' or '.join(objective.kinds)} with "
+                         f"{', '.join(objective.methods)}, not a {setup['kind']} with {setup['method']}")
+    unknown = sorted(set(train.get(name) or {}) - set(objective.settings))
+    if unknown:
+        raise StageError(f"{where}: train.{name}: unknown {', '.join(unknown)} (known: "
+                         f"{', '.join(objective.settings)}; the rest come from the train settings)")
+
+
+def check_init_from(setup: dict, start: dict, where: str) -> None:
+    """`init_from` names an experiment whose trained model this one can start from: the same base model,
+    kind and method (its adapter, or its whole weights, are what training continues)."""
+    name = setup["init_from"]
+    for key in ("model", "kind", "method"):
+        if start[key] != setup[key]:
+            raise StageError(f"{where}: init_from: '{name}' trains {key} {start[key]!r}, this experiment "
+                             f"{setup[key]!r}: training continues its weights, so they must agree")
+    if start.get("init_from") == setup["name"]:
+        raise StageError(f"{where}: init_from: '{name}' starts from this experiment in turn (a cycle)")
