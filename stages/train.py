@@ -26,6 +26,7 @@ from tunepipe.devices import (
 )
 from tunepipe.files import atomic_dir, write_json
 from tunepipe.loading import load_tokenizer, save_trained
+from tunepipe.preference_training import without_reference
 from tunepipe.settings import load_experiment, read_labels, where as setting
 from tunepipe.stage import one_item, run_stage
 
@@ -64,16 +65,16 @@ def main(argv: list[str]):
                                        precision="fp32" if cpu_bf16 else run["precision"])
     needs = training.check_memory(model, params, args, (train_rows, eval_rows), labels, setup, base, stored,
                                   budget, where)
-    collator = collator_for(setup["kind"], tokenizer, model)
+    collator = None if setup.get("objective") else collator_for(setup["kind"], tokenizer, model)  # TRL has its own
     reports = Path("reports/train") / experiment
-    trainer = training.build_trainer(model, args, setup, train_rows, eval_rows, collator, cpu_bf16, reports)
+    trainer = training.build_trainer(model, args, setup, (train_rows, eval_rows), collator, tokenizer, cpu_bf16, reports)
     speed = training.timed_training(trainer, resume)
     # with several processes every one of them takes part in gathering the weights; the first one writes
     gathered = trainer.accelerator.get_state_dict(trainer.model) if args.world_size > 1 else None
     if not trainer.is_world_process_zero():
         return model
     with atomic_dir(Path("models/trained") / experiment) as out:
-        save_trained(model, out, setup["kind"], setup["method"], labels, setup["qlora"], gathered, data, run)
+        save_trained(without_reference(model), out, setup["kind"], setup["method"], labels, setup["qlora"], gathered, data, run)
     checkpoints.remove(checkpoints.ROOT / experiment)  # the result is saved: the checkpoints have served
 
     summary = training.summarize(trainer, collator, train_rows, model, needs, reports, where)
@@ -82,8 +83,8 @@ def main(argv: list[str]):
     print(f"[train] {experiment}: {summary['steps']} steps, loss {summary['first_loss']:.3f} -> "
           f"{summary['final_loss']:.3f}" + (f", validation loss {summary['final_eval_loss']:.3f}"
                                               if summary["final_eval_loss"] is not None else "")
-          + f", {summary['real_tokens']} tokens at {speed['tokens_per_second']}/s, "
-          f"padding {summary['pad_fraction']:.1%}")
+          + f", {summary['real_tokens']} tokens at {speed['tokens_per_second']}/s"
+          + (f", padding {summary['pad_fraction']:.1%}" if summary["pad_fraction"] is not None else ""))
     return model
 
 

@@ -27,6 +27,7 @@ from tunepipe.sources import read_yaml
 
 HEADER = ("# Written by `python -m stages.plan` from experiments/*.yaml and params.yaml: do not edit by hand\n"
           "# (edit those files, then run `make plan`, or `dvc repro`, whose `plan` stage says when this is stale).\n")
+READER_SLOTS = ("reader", "reader_helper", "reader_helper_2", "reader_helper_3")
 EXPERIMENT_STAGES = ("config", "tokenize", "train", "merge", "predict_before", "predict_after", "score")
 
 
@@ -90,12 +91,13 @@ def sources(setups: dict[str, dict], prefix: str) -> tuple[dict[str, dict], dict
         source = spec.get("source") or ("local" if spec.get("path") else None)
         watched = root_path(prefix, spec["path"]) if source == "local" and spec.get("path") else "stages/download.py"
         # the reader convert loads by name, and what it imports beyond convert's own code (the generic readers'
-        # shared rows module); DVC takes no list from an item, so a reader without one names itself twice
+        # shared rows module, the readers a preference reader builds on); DVC takes no list from an item, so
+        # the slots a reader does not fill repeat its last file
         extra = sorted(set(code_deps(f"tunepipe.formats.{setup['format']}")) - set(code_deps("stages.convert")))
-        if len(extra) > 2:
-            raise StageError(f"the {setup['format']} reader imports {extra}: the plan has room for two files")
+        if len(extra) > len(READER_SLOTS):
+            raise StageError(f"the {setup['format']} reader imports {extra}: the plan has room for {len(READER_SLOTS)} files")
         datasets[setup["dataset"]] = {"file": spec_file, "key": spec_key, "path": watched, "format": setup["format"],
-                                      "reader": extra[0], "reader_helper": extra[-1]}
+                                      **{slot: extra[min(n, len(extra) - 1)] for n, slot in enumerate(READER_SLOTS)}}
     return models, datasets
 
 
@@ -111,10 +113,10 @@ def source_stages(models: dict[str, dict], datasets: dict[str, dict], prefix: st
                      "do": {"cmd": command("download", "${key}", prefix),
                             "deps": [*code_deps("stages.download"), "${item.path}"],
                             "params": [{"${item.file}": ["${item.key}"]}], "outs": [at(prefix, "data/raw/${key}")]}},
-        "convert": {"foreach": {k: {x: v[x] for x in ("file", "key", "reader", "reader_helper")}
+        "convert": {"foreach": {k: {x: v[x] for x in ("file", "key", *READER_SLOTS)}
                                 for k, v in sorted(datasets.items())},
                     "do": {"cmd": command("convert", "${key}", prefix),
-                           "deps": [*code_deps("stages.convert"), "${item.reader}", "${item.reader_helper}",
+                           "deps": [*code_deps("stages.convert"), *(f"${{item.{slot}}}" for slot in READER_SLOTS),
                                     at(prefix, "data/raw/${key}")],
                            "params": [{"${item.file}": ["${item.key}"]}],
                            "outs": [at(prefix, "data/converted/${key}"), at(prefix, "data/rejected/${key}.jsonl"),

@@ -29,6 +29,8 @@ from tunepipe.splits import source_id
 
 
 def answer_of(record: dict[str, Any]) -> str:
+    if record["kind"] == "preference":  # the preferred answer is the reference
+        return record["chosen"] if isinstance(record["chosen"], str) else record["chosen"][-1]["content"]
     return record["messages"][-1]["content"] if record["kind"] == "chat" else record["output"]
 
 
@@ -48,6 +50,9 @@ def reference_for(metric: str, record: dict[str, Any]) -> Any:
 def shown_input(record: dict[str, Any]) -> str:
     if record["kind"] == "chat":  # the conversation up to the answer the model gives
         return "\n".join(f"{turn['role']}: {turn['content']}" for turn in record["messages"][:-1])
+    if record["kind"] == "preference":
+        prompt = record["prompt"]
+        return prompt if isinstance(prompt, str) else "\n".join(f"{t['role']}: {t['content']}" for t in prompt)
     if record["kind"] == "text":
         return record["text"]
     if record["kind"] == "tokens":
@@ -107,7 +112,9 @@ def load_model(setup: dict[str, Any], which: str, base: Path, experiment: str, l
     """The model that predicts, in `dtype`: the base as training starts from it (`before`), or the trained one."""
     from transformers import set_seed
 
-    if which == "before":
+    if which == "before" and setup.get("init_from"):  # training starts from another experiment's model
+        model = load_trained(base, Path("models/trained") / setup["init_from"], dtype=dtype)
+    elif which == "before":
         set_seed(setup["seed"])  # the same new head that training starts from
         # QLoRA starts from the 4-bit base, so that is its "before"
         model = load_base(setup["kind"], base, labels=None if setup["generates"] else labels,

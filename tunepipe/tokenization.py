@@ -24,6 +24,7 @@ from tunepipe.context import cut_middle
 from tunepipe.encoders import ENCODERS, IGNORE, render_prompt
 from tunepipe.errors import StageError
 from tunepipe.files import iter_jsonl, sha256_file
+from tunepipe.pairs import COLUMNS as PAIR_COLUMNS, encode_pairs, encode_prompts
 from tunepipe.splits import PART
 
 SPLITS = ("train", "validation", "test")
@@ -77,8 +78,15 @@ def fitted(row: dict[str, Any], row_id: str, split: str, kind: str, max_length: 
     return cut
 
 
+def encoder_for(setup: dict[str, Any], split: str):
+    """The kind's encoder; preference pairs are TRL's columns for training and validation, causal rows to test."""
+    if setup["kind_rows"] == ["preference"]:
+        return encode_prompts if split == "test" else encode_pairs
+    return ENCODERS[setup["kind"]]
+
+
 def encode_chunks(tokenizer, records: Iterable[dict[str, Any]], setup: dict[str, Any], params: dict[str, Any],
-                  labels: list[str], where: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+                  labels: list[str], where: str, split: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     """(record, encoded row) pairs, CHUNK_ROWS records per batched tokenizer call; nothing held beyond a chunk."""
     def readable(record: dict[str, Any]) -> dict[str, Any]:
         if record["kind"] not in setup["kind_rows"]:
@@ -93,7 +101,7 @@ def encode_chunks(tokenizer, records: Iterable[dict[str, Any]], setup: dict[str,
 
     records = iter(records)
     while chunk := [readable(record) for record in itertools.islice(records, CHUNK_ROWS)]:
-        yield from zip(chunk, ENCODERS[setup["kind"]](tokenizer, chunk, params, labels))
+        yield from zip(chunk, encoder_for(setup, split)(tokenizer, chunk, params, labels))
 
 
 def text_pieces(record_id: str, row: dict[str, Any], size: int) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -103,8 +111,10 @@ def text_pieces(record_id: str, row: dict[str, Any], size: int) -> Iterator[tupl
         yield f"{record_id}{PART}{k}", {"input_ids": piece, "labels": list(piece), "prompt_length": 0}
 
 
-def features_for(kind: str, tokenizer) -> Features:
-    ids = Sequence(Value("int32"))
+def features_for(setup: dict[str, Any], tokenizer, split: str) -> Features:
+    ids, kind = Sequence(Value("int32")), setup["kind"]
+    if setup["kind_rows"] == ["preference"] and split != "test":
+        return Features({"id": Value("string"), **{name: ids for name in PAIR_COLUMNS}})
     columns = {"id": Value("string"), "input_ids": ids,
                "labels": Value("int64") if kind == "sequence_head" else ids, "prompt_length": Value("int32")}
     if kind == "token_head":
@@ -123,7 +133,7 @@ def tokenize_split(tokenizer, records: Iterable[dict[str, Any]], setup: dict[str
     counts, longest = {"rows": 0, "tokens": 0, "dropped": 0, "truncated": 0}, 0
     batch: dict[str, list] = {name: [] for name in columns}
     progress = tqdm(desc=f"tokenize {split}", unit="row", disable=None, mininterval=5)
-    for record, encoded in encode_chunks(tokenizer, records, setup, params, labels, where):
+    for record, encoded in encode_chunks(tokenizer, records, setup, params, labels, where, split):
         progress.update()
         # plain text is cut into pieces of max_length (a long document is many training rows, not none)
         pieces = [(record["id"], encoded)] if record["kind"] != "text" or len(encoded["input_ids"]) <= max_length \
@@ -167,9 +177,9 @@ def tokenize_splits(tokenizer, source: Path, setup: dict[str, Any], params: dict
                     where: str, context: tuple[int, int], scratch: Path) -> tuple[dict[str, Dataset], dict[str, dict], list[dict]]:
     """Each split of the converted dataset in `source` as a memory-mapped Arrow dataset written in `scratch`,
     with its counts and the rows left out. `context`: (what test prompts are cut to, the model's positions)."""
-    features = features_for(setup["kind"], tokenizer)
     splits, counts, dropped = {}, {}, []
     for split in SPLITS:
+        features = features_for(setup, tokenizer, split)
         path = source / f"{split}.jsonl"
         if not path.exists():
             raise StageError(f"{path}: not found (run dvc repro convert@{setup['dataset']})")

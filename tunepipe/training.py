@@ -25,9 +25,11 @@ from tunepipe.devices import device, frozen_dtype, qlora_compute_dtype
 from tunepipe.errors import StageError
 from tunepipe.kinds import ADAPTER_METHODS
 from tunepipe.loading import attach_method, load_base
+from tunepipe.pairs import COLUMNS as PAIR_COLUMNS
 from tunepipe.settings import train as train_settings
 
-MODEL_INPUTS = ("input_ids", "labels", "token_type_ids")  # the columns a model takes; ids and maps stay behind
+# the columns a model (or TRL's preference collator) takes; ids and maps stay behind
+MODEL_INPUTS = ("input_ids", "labels", "token_type_ids", *PAIR_COLUMNS)
 
 
 def launch_processes(experiment: str, params: dict[str, Any], resume: str | None) -> None:
@@ -81,7 +83,21 @@ def training_arguments(params: dict[str, Any], setup: dict[str, Any], scratch: P
         load_best_model_at_end=keep_best, metric_for_best_model=params.get("keep_best") if keep_best else None,
         logging_steps=1, report_to="none", include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0, disable_tqdm=False)
-    return TrainingArguments(**{**decided, **declared})  # a declared setting wins over the stage's choice
+    if not setup.get("objective"):
+        return TrainingArguments(**{**decided, **declared})  # a declared setting wins over the stage's choice
+    return objective_arguments(setup["objective"], params, decided, declared)
+
+
+def objective_arguments(objective: str, params: dict[str, Any], decided: dict[str, Any], declared: dict[str, Any]):
+    """A preference objective's TRL config: the same arguments, its own settings (train.<objective>), and
+    what TRL would otherwise decide differently: its older checkpointing switch follows ours, rows are
+    already cut to max_length, and pairs (which have no single length to group by) are drawn at random."""
+    from tunepipe.preference_training import config_class
+
+    if params.get("sampling") is None:
+        declared["train_sampling_strategy"] = "random"
+    decided.update(gradient_checkpointing=decided["activation_checkpointing"], max_length=None)
+    return config_class(objective)(**{**decided, **declared, **(params.get(objective) or {})})
 
 
 def full_precision_evaluation():
@@ -160,8 +176,13 @@ def build_model(setup: dict[str, Any], params: dict[str, Any], base: Path, run: 
     step); on a GPU under the Trainer's autocast, as the peers train."""
     kind, method = setup["kind"], setup["method"]
     stored = frozen_dtype(run["precision"], run["device"] != "cpu", kind, method)
-    model = attach_method(load_base(kind, base, labels=labels, qlora=setup["qlora"], dtype=stored), kind, method,
-                          params, base)
+    if setup.get("init_from"):  # another experiment's trained model, trainable again
+        from tunepipe.preference_training import load_start
+
+        model = load_start(setup, base, stored)
+    else:
+        model = attach_method(load_base(kind, base, labels=labels, qlora=setup["qlora"], dtype=stored), kind, method,
+                              params, base)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"[train] {setup['name']}: {kind} + {method}, {trainable:,} of {total:,} parameters trainable")
@@ -184,9 +205,10 @@ def check_memory(model, params: dict[str, Any], args, rows: tuple, labels: list[
     from tunepipe.activations import kept_activations
 
     train_rows, eval_rows = rows
-    longest = max(len(ids) for ids in train_rows["input_ids"])
-    eval_len = max((len(ids) for ids in eval_rows["input_ids"]), default=0) if eval_rows is not None else 0
-    kind, batch = setup["kind"], int(params["batch_size"])
+    longest = max(row_lengths(train_rows))
+    eval_len = max(row_lengths(eval_rows), default=0) if eval_rows is not None else 0
+    # a preference batch runs each pair's chosen and rejected answers side by side
+    kind, batch = setup["kind"], int(params["batch_size"]) * (2 if setup.get("objective") else 1)
     outputs = {"token_head": len(labels or []), "sequence_head": 0}.get(kind)  # None: the vocabulary
     compute = getattr(torch, qlora_compute_dtype(setup["qlora"]["compute_dtype"])) if setup.get("qlora") else None
     kept = kept_activations(model, kind, setup["method"], params, base, batch, longest, args.activation_checkpointing,
@@ -197,19 +219,29 @@ def check_memory(model, params: dict[str, Any], args, rows: tuple, labels: list[
                                              slack=memory.ALLOCATOR_SLACK[device()]), budget, where)
 
 
-def build_trainer(model, args, setup: dict[str, Any], train_rows, eval_rows, collator, cpu_bf16: bool,
-                  reports: Path):
-    """The Trainer, logging curves to reports/<experiment>/live; evaluating in fp32 where a CPU run's base is
-    bf16 (`cpu_bf16`; on a GPU the evaluation runs under the same autocast as training)."""
+def row_lengths(rows) -> list[int]:
+    """Each row's tokens: a pair's prompt and its longer answer."""
+    if "input_ids" in rows.column_names:
+        return [len(ids) for ids in rows["input_ids"]]
+    return [len(p) + max(len(c), len(r)) for p, c, r in zip(*(rows[name] for name in PAIR_COLUMNS))]
+
+
+def build_trainer(model, args, setup: dict[str, Any], rows: tuple, collator, tokenizer, cpu_bf16: bool, reports: Path):
+    """The Trainer (TRL's for a preference objective), logging curves to reports/<experiment>/live; evaluating
+    in fp32 where a CPU run's base is bf16 (`cpu_bf16`; on a GPU under the same autocast as training)."""
     from transformers import Trainer
 
     from tunepipe.trainlog import LiveCurves
 
+    train_rows, eval_rows = rows
+    callbacks = [LiveCurves(reports / "live")] + ([] if args.load_best_model_at_end else [checkpoints.skip_final_checkpoint()])
+    if setup.get("objective"):
+        from tunepipe.preference_training import build_preference_trainer
+
+        return build_preference_trainer(model, args, setup, tokenizer, train_rows, eval_rows, callbacks)
     return (full_precision_evaluation() if cpu_bf16 else Trainer)(
         model=model, args=args, train_dataset=train_rows, data_collator=collator, eval_dataset=eval_rows,
-        compute_metrics=None if setup["generates"] else head_accuracy,
-        callbacks=[LiveCurves(reports / "live")]
-        + ([] if args.load_best_model_at_end else [checkpoints.skip_final_checkpoint()]))
+        compute_metrics=None if setup["generates"] else head_accuracy, callbacks=callbacks)
 
 
 def tokens_seen(checkpoint: str | None) -> int:
@@ -233,7 +265,17 @@ def summarize(trainer, collator, train_rows, model, needs: dict[str, Any], repor
             "final_eval_loss": round(evals[-1], 6) if evals else None,
             "final_eval_accuracy": accuracy[-1] if accuracy else None,
             "real_tokens": int(trainer.state.num_input_tokens_seen),
-            "pad_fraction": padding_share(trainer, collator), "memory_estimate_gib": needs}
+            "pad_fraction": padding_share(trainer, collator) if collator else None, "memory_estimate_gib": needs,
+            **preference_totals(trainer.state.log_history)}
+
+
+def preference_totals(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """A preference objective's first and last implicit rewards on validation (TRL's keys; none for SFT)."""
+    evals = [entry for entry in history if "eval_rewards/accuracies" in entry]
+    if not evals:
+        return {}
+    return {f"{which}_eval_reward_{name}": round(evals[index][f"eval_rewards/{name}"], 6)
+            for which, index in (("first", 0), ("final", -1)) for name in ("accuracies", "margins")}
 
 
 def timed_training(trainer, resume: str | None) -> dict[str, Any]:

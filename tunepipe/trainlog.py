@@ -16,7 +16,11 @@ from typing import Any
 from transformers import TrainerCallback
 
 # the Trainer's log keys -> DVCLive metric names (one plot file each)
-LOGGED = {"loss": "train/loss", "eval_loss": "eval/loss", "eval_accuracy": "eval/accuracy"}  # accuracy: heads
+LOGGED = {"loss": "train/loss", "eval_loss": "eval/loss", "eval_accuracy": "eval/accuracy",  # accuracy: heads
+          # a preference objective's implicit rewards (TRL's names): the chosen and rejected answers', their
+          # margin, and how often the chosen one's is the higher
+          **{f"{split}rewards/{name}": f"{'eval' if split else 'train'}/rewards/{name}"
+             for split in ("", "eval_") for name in ("chosen", "rejected", "margins", "accuracies")}}
 
 
 def _live(folder: Path, resume: bool):

@@ -48,8 +48,6 @@ BATCH = ("per_device_train_batch_size", "per_device_eval_batch_size")
 class Train(Strict):
     lora: Annotated[Lora | None, Feeds()] = None  # the adapter (tunepipe/loading.py attach_method)
     prompt_tuning: Annotated[PromptTuning | None, Feeds()] = None
-    # a preference objective's own settings: fields of its TRL config class (tunepipe/objectives.py lists them)
-    dpo: Annotated[dict[str, Any] | None, Feeds()] = None
     learning_rate: Annotated[Number | None, Feeds("learning_rate")] = Field(default=None, gt=0)
     epochs: Annotated[Number | None, Feeds("num_train_epochs")] = Field(default=None, gt=0)
     max_steps: Annotated[Int | None, Feeds("max_steps")] = Field(default=None, gt=0)
@@ -74,6 +72,8 @@ class Train(Strict):
     # activations recomputed in the backward pass instead of kept (the same values: it changes memory and time,
     # not the weights); unset: on for QLoRA, and for any adapter on a GPU (memory is the limit), off on a CPU
     gradient_checkpointing: Annotated[bool | None, Feeds("activation_checkpointing", effect="none")] = None
+    # a preference objective's own settings: fields of its TRL config class (tunepipe/objectives.py lists them)
+    dpo: Annotated[dict[str, Any] | None, Feeds()] = None
 
 
 def declarations() -> dict[str, Feeds]:

@@ -1,0 +1,72 @@
+"""Preference pairs tokenized as TRL's DPOTrainer tokenizes them, written to Arrow by the tokenize stage.
+
+Training and validation rows keep TRL's three columns: `prompt_ids`, and `chosen_ids` / `rejected_ids`, each
+answer's tokens after the prompt. A conversation is rendered by the chat template (the prompt with the
+generation prompt, then prompt + answer); plain text is tokenized as it is, each answer ending with
+end-of-sequence. The answers start where the prompt's tokens and the prompt + answer's part ways, so the
+prompt is masked exactly where TRL masks it (tests/test_pairs.py compares with DPOTrainer's own processing).
+Test rows become the causal rows every generating experiment predicts from: the prompt, and the chosen
+answer as the reference.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from tunepipe.encoders import IGNORE, encode_causal
+
+COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+
+def with_system(prompt: Any, system: str | None) -> Any:
+    """tokenize.system_prompt opens a conversational prompt that brings none, as it does an SFT row."""
+    if not system or isinstance(prompt, str) or prompt[0]["role"] == "system":
+        return prompt
+    return [{"role": "system", "content": system}, *prompt]
+
+
+def encode_pair(tokenizer, record: dict[str, Any], params: dict[str, Any]) -> dict[str, list[int]]:
+    """One pair's three columns, as DPOTrainer._prepare_dataset computes them."""
+    from trl.data_utils import _tokenize, common_prefix_length
+
+    prompt = with_system(record["prompt"], params.get("system_prompt"))
+    chosen, rejected = record["chosen"], record["rejected"]
+    if isinstance(prompt, str):  # standard: each answer ends with end-of-sequence, as TRL adds it
+        eos = tokenizer.eos_token
+        chosen, rejected = (answer if answer.endswith(eos) else answer + eos for answer in (chosen, rejected))
+        prompt_ids = _tokenize(tokenizer, prompt)["input_ids"]
+        with_chosen = _tokenize(tokenizer, prompt + chosen)["input_ids"]
+        with_rejected = _tokenize(tokenizer, prompt + rejected)["input_ids"]
+    else:
+        prompt_ids = _tokenize(tokenizer, prompt, add_generation_prompt=True)["input_ids"]
+        with_chosen = _tokenize(tokenizer, prompt + chosen)["input_ids"]
+        with_rejected = _tokenize(tokenizer, prompt + rejected)["input_ids"]
+    start = min(common_prefix_length(prompt_ids, with_chosen), common_prefix_length(prompt_ids, with_rejected))
+    return {"prompt_ids": prompt_ids[:start], "chosen_ids": with_chosen[start:], "rejected_ids": with_rejected[start:]}
+
+
+def encode_pairs(tokenizer, records: list[dict[str, Any]], params: dict[str, Any], labels: list[str]) -> list[dict]:
+    """Training and validation rows; `input_ids` (prompt and the longer answer) is only what the length check
+    and the memory estimate read, and is not stored."""
+    rows = []
+    for record in records:
+        row = encode_pair(tokenizer, record, params)
+        longer = max(row["chosen_ids"], row["rejected_ids"], key=len)
+        rows.append({**row, "input_ids": row["prompt_ids"] + longer, "prompt_length": len(row["prompt_ids"])})
+    return rows
+
+
+def encode_prompts(tokenizer, records: list[dict[str, Any]], params: dict[str, Any], labels: list[str]) -> list[dict]:
+    """Test rows: the prompt and the chosen answer as a causal row (the same masking as supervised rows)."""
+    conversations = [r for r in records if not isinstance(r["prompt"], str)]
+    if len(conversations) == len(records):
+        chats = [{"kind": "chat", "messages": [*r["prompt"], *r["chosen"]]} for r in records]
+        return encode_causal(tokenizer, chats, {**params, "assistant_turns": "last"}, labels)
+    if conversations:  # text prompts mixed with conversations: one call each
+        return [row for r in records for row in encode_prompts(tokenizer, [r], params, labels)]
+    rows = []
+    for record in records:
+        pair = encode_pair(tokenizer, {**record, "rejected": record["chosen"]}, params)
+        ids = pair["prompt_ids"] + pair["chosen_ids"]
+        rows.append({"input_ids": ids, "labels": [IGNORE] * len(pair["prompt_ids"]) + pair["chosen_ids"],
+                     "prompt_length": len(pair["prompt_ids"])})
+    return rows
