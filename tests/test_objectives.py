@@ -72,8 +72,9 @@ def test_tokenized_pairs_equal_trl_s_own_processing_on_smollm2(smollm2, shape): 
     assert all(row["chosen_ids"] and row["rejected_ids"] and row["prompt_ids"] for row in ours)
 
 
-def preference_workspace(root: Path, start_from_sft: bool) -> str:
-    """The tiny llama, an SFT experiment on instructions and a DPO one on pairs; both LoRA."""
+def preference_workspace(root: Path, start_from_sft: bool, objective: str = "dpo") -> str:
+    """The tiny llama, an SFT experiment on instructions and a preference one (DPO, or KTO: each pair as two
+    rows) on pairs; both LoRA."""
     workspace(root, "llama", "causal_lm", "lora")  # the SFT experiment `toy`
     registry = read_yaml(root / "params.yaml")
     registry["datasets"]["pairs"] = {"path": "raw", "format": "preference"}
@@ -85,9 +86,9 @@ def preference_workspace(root: Path, start_from_sft: bool) -> str:
                                                   for n, row in enumerate(rows)])
     (converted / "labels.json").write_text("[]")
     spec = read_yaml(root / "experiments/toy.yaml")
-    spec.update(dataset="pairs", objective="dpo", **({"init_from": "toy"} if start_from_sft else {}))
-    spec["train"].update(max_steps=6, eval_steps=1, batch_size=8, learning_rate=0.05, dpo={"beta": 0.5})
-    return write_experiment(root, "dpo", spec)
+    spec.update(dataset="pairs", objective=objective, **({"init_from": "toy"} if start_from_sft else {}))
+    spec["train"].update(max_steps=6, eval_steps=1, batch_size=8, learning_rate=0.05, **{objective: {"beta": 0.5}})
+    return write_experiment(root, objective, spec)
 
 
 def test_dpo_learns_the_preference_and_its_reference_is_the_model_it_starts_from(tmp_path, monkeypatch):
@@ -145,3 +146,40 @@ def test_the_reference_is_init_from_s_sft_model_and_not_the_raw_base(tmp_path, m
         load_trained(base, Path("models/trained/toy")), load_base("causal_lm", base)))
     assert torch.allclose(reference, sft, atol=1e-4)
     assert (reference - raw).abs().max() > 100 * (reference - sft).abs().max()  # two steps of SFT tell them apart
+
+
+def test_kto_reads_each_pair_as_two_rows_and_learns_from_the_labels(tmp_path, monkeypatch):
+    from datasets import load_from_disk
+
+    monkeypatch.chdir(tmp_path)
+    name = preference_workspace(tmp_path, start_from_sft=True, objective="kto")
+    for experiment in ("toy", name):
+        tokenize_stage.main([experiment])
+    rows = load_from_disk(f"data/tokenized/{name}/train")
+    assert rows.num_rows == 16 and rows["label"] == [True, False] * 8  # train-0#chosen, train-0#rejected, ...
+    assert rows["id"][:2] == ["train-0#chosen", "train-0#rejected"]
+    train_stage.main(["toy"])
+    train_stage.main([name])
+    summary = json.loads(Path(f"reports/train/{name}/summary.json").read_text())
+    # KTO's loss starts at 1 - sigmoid(0) = 0.5 exactly when the reference is the model training starts from
+    assert summary["first_loss"] == 0.5
+    assert summary["final_eval_reward_margins"] > max(summary["first_eval_reward_margins"], 0)
+    assert "final_eval_reward_accuracies" not in summary  # KTO has no pairs to be right about
+
+
+def test_unpaired_rows_equal_trl_s_own_kto_processing_on_smollm2(smollm2):  # noqa: F811
+    from datasets import Dataset
+    from trl import KTOConfig, KTOTrainer
+
+    from tunepipe.pairs import encode_unpaired
+
+    rows = [{"prompt": PAIRS[0]["prompt"], "completion": PAIRS[0]["chosen"], "label": True},
+            {"prompt": PAIRS[1]["prompt"], "completion": PAIRS[1]["rejected"], "label": False},
+            {"prompt": "Question: is 3 even?\nAnswer:", "completion": " no", "label": True}]
+    trainer = type("Prepares", (), {"_tokenizer": smollm2, "calculate_KL": False, "desirable_weight": 1.0,
+                                    "undesirable_weight": 1.0})()
+    config = KTOConfig(output_dir="unused", max_length=None, report_to="none", bf16=False)
+    theirs = [KTOTrainer._prepare_dataset(trainer, Dataset.from_list([row]), smollm2, config, "eval")[0] for row in rows]
+    ours = encode_unpaired(smollm2, rows, {}, [])
+    assert [{k: row[k] for k in ("prompt_ids", "completion_ids", "label")} for row in theirs] == [
+        {k: row[k] for k in ("prompt_ids", "completion_ids", "label")} for row in ours]

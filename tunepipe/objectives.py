@@ -4,6 +4,7 @@
 |-----------|----------------------|---------------|-----------|--------------------|-------------------------|
 | sft       | transformers Trainer | the kind's    | all       | the kind's         | -                       |
 | dpo       | DPOTrainer/DPOConfig | preference    | causal_lm | lora, qlora, full  | train.dpo: beta, loss_type, ... |
+| kto       | KTOTrainer/KTOConfig | unpaired (a pair: two rows) | causal_lm | lora, qlora, full | train.kto: beta, desirable_weight, ... |
 
 A preference objective is TRL's own trainer and config: no loss is written here. `train.<objective>` passes
 the listed fields of its TRL config class as they are (tests/test_objectives.py checks each name is one of
@@ -23,17 +24,24 @@ from tunepipe.errors import StageError
 class Objective:
     trainer: str  # the TRL class names, imported when a stage trains
     config: str
-    rows: str  # the converted row kind it reads (formats/__init__.py)
+    rows: tuple[str, ...]  # the converted row kinds it reads (formats/__init__.py)
+    sequences: int  # sequences a row puts through the model with gradients (a pair: its two answers)
+    sampling: str  # train.sampling where an experiment sets none (rows of a pair or a KL batch have no one length)
     kinds: tuple[str, ...]
     methods: tuple[str, ...]
     settings: tuple[str, ...]  # the fields of `config` an experiment may set under train.<objective>
 
 
 OBJECTIVES = {
-    "dpo": Objective("DPOTrainer", "DPOConfig", "preference", ("causal_lm",), ("lora", "qlora", "full"),
+    "dpo": Objective("DPOTrainer", "DPOConfig", ("preference",), 2, "random", ("causal_lm",), ("lora", "qlora", "full"),
                      ("beta", "loss_type", "loss_weights", "label_smoothing", "f_divergence_type",
                       "f_alpha_divergence_coef", "discopop_tau", "ld_alpha", "use_weighting",
                       "precompute_ref_log_probs", "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps")),
+    # KTO reads one answer at a time, marked desirable or not (a preference pair is two such rows); its KL
+    # estimate pairs each row with its neighbour's answer, so TRL needs the rows in their order
+    "kto": Objective("KTOTrainer", "KTOConfig", ("unpaired", "preference"), 1, "sequential", ("causal_lm",), ("lora", "qlora", "full"),
+                     ("beta", "loss_type", "desirable_weight", "undesirable_weight", "precompute_ref_log_probs",
+                      "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps")),
 }
 
 NAMES = ("sft", *OBJECTIVES)

@@ -1,20 +1,25 @@
-"""Preference pairs tokenized as TRL's DPOTrainer tokenizes them, written to Arrow by the tokenize stage.
+"""Preference pairs and unpaired answers tokenized as TRL's DPOTrainer and KTOTrainer tokenize them, written
+to Arrow by the tokenize stage.
 
 Training and validation rows keep TRL's three columns: `prompt_ids`, and `chosen_ids` / `rejected_ids`, each
 answer's tokens after the prompt. A conversation is rendered by the chat template (the prompt with the
 generation prompt, then prompt + answer); plain text is tokenized as it is, each answer ending with
 end-of-sequence. The answers start where the prompt's tokens and the prompt + answer's part ways, so the
 prompt is masked exactly where TRL masks it (tests/test_pairs.py compares with DPOTrainer's own processing).
-Test rows become the causal rows every generating experiment predicts from: the prompt, and the chosen
-answer as the reference.
+Unpaired rows (KTO's) keep `prompt_ids`, `completion_ids` and `label`, the answer found the same way; for
+KTO a pair is two such rows, its chosen answer desirable and its rejected one not, as TRL unpairs them.
+Test rows become the causal rows every generating experiment predicts from: the prompt, and the chosen (or
+desirable) answer as the reference; an undesirable answer is no reference, and such a test row is left out,
+listed.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from tunepipe.encoders import IGNORE, encode_causal
 
 COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+UNPAIRED_COLUMNS = ("prompt_ids", "completion_ids", "label")
 
 
 def with_system(prompt: Any, system: str | None) -> Any:
@@ -53,6 +58,36 @@ def encode_pairs(tokenizer, records: list[dict[str, Any]], params: dict[str, Any
         longer = max(row["chosen_ids"], row["rejected_ids"], key=len)
         rows.append({**row, "input_ids": row["prompt_ids"] + longer, "prompt_length": len(row["prompt_ids"])})
     return rows
+
+
+def encode_unpaired(tokenizer, records: list[dict[str, Any]], params: dict[str, Any], labels: list[str]) -> list[dict]:
+    """KTO's rows: the prompt and its one answer split where TRL splits them (a pair's with itself), the label."""
+    rows = []
+    for record in records:
+        pair = encode_pair(tokenizer, {**record, "chosen": record["completion"], "rejected": record["completion"]},
+                           params)
+        rows.append({"prompt_ids": pair["prompt_ids"], "completion_ids": pair["chosen_ids"], "label": record["label"],
+                     "input_ids": pair["prompt_ids"] + pair["chosen_ids"], "prompt_length": len(pair["prompt_ids"])})
+    return rows
+
+
+def objective_records(records: Iterable[dict[str, Any]], objective: str, split: str,
+                      left_out: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The records a preference objective trains and is scored on: for KTO, a pair as its two answers; on the
+    test split, an unpaired answer that is desirable as the reference (an undesirable one left out, listed)."""
+    for record in records:
+        if split == "test" and record["kind"] == "unpaired":
+            if not record["label"]:
+                left_out.append({"id": record["id"], "split": split,
+                                 "reason": "an undesirable answer: no reference to score a prediction against"})
+                continue
+            yield {**record, "chosen": record["completion"]}
+        elif split != "test" and objective == "kto" and record["kind"] == "preference":
+            for side, label in (("chosen", True), ("rejected", False)):
+                yield {"id": f"{record['id']}#{side}", "kind": "unpaired", "prompt": record["prompt"],
+                       "completion": record[side], "label": label}
+        else:
+            yield record
 
 
 def encode_prompts(tokenizer, records: list[dict[str, Any]], params: dict[str, Any], labels: list[str]) -> list[dict]:

@@ -29,8 +29,9 @@ from tunepipe.splits import source_id
 
 
 def answer_of(record: dict[str, Any]) -> str:
-    if record["kind"] == "preference":  # the preferred answer is the reference
-        return record["chosen"] if isinstance(record["chosen"], str) else record["chosen"][-1]["content"]
+    if record["kind"] in ("preference", "unpaired"):  # the preferred (or desirable) answer is the reference
+        answer = record["chosen" if record["kind"] == "preference" else "completion"]
+        return answer if isinstance(answer, str) else answer[-1]["content"]
     return record["messages"][-1]["content"] if record["kind"] == "chat" else record["output"]
 
 
@@ -50,7 +51,7 @@ def reference_for(metric: str, record: dict[str, Any]) -> Any:
 def shown_input(record: dict[str, Any]) -> str:
     if record["kind"] == "chat":  # the conversation up to the answer the model gives
         return "\n".join(f"{turn['role']}: {turn['content']}" for turn in record["messages"][:-1])
-    if record["kind"] == "preference":
+    if record["kind"] in ("preference", "unpaired"):
         prompt = record["prompt"]
         return prompt if isinstance(prompt, str) else "\n".join(f"{t['role']}: {t['content']}" for t in prompt)
     if record["kind"] == "text":

@@ -38,6 +38,27 @@ def config_class(objective: str):
     return getattr(trl, OBJECTIVES[objective].config)
 
 
+def objective_arguments(objective: str, params: dict[str, Any], decided: dict[str, Any], declared: dict[str, Any]):
+    """A preference objective's TRL config: the same arguments, its own settings (train.<objective>), and
+    what TRL would otherwise decide differently: its older checkpointing switch follows ours, rows are
+    already cut to max_length, and rows are drawn as the objective needs (objectives.py: no single length to group by)."""
+    if params.get("sampling") is None:
+        declared["train_sampling_strategy"] = OBJECTIVES[objective].sampling
+    decided.update(gradient_checkpointing=decided["activation_checkpointing"], max_length=None)
+    return config_class(objective)(**{**decided, **declared, **(params.get(objective) or {})})
+
+
+def reward_totals(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """A preference objective's first and last implicit rewards on validation (TRL's keys; none for SFT)."""
+    evals = [entry for entry in history if "eval_rewards/margins" in entry]
+    if not evals:
+        return {}
+    # DPO's accuracy: the share of pairs whose chosen answer earns the higher reward (KTO has no pairs)
+    return {f"{which}_eval_reward_{name}": round(evals[index][f"eval_rewards/{name}"], 6)
+            for which, index in (("first", 0), ("final", -1)) for name in ("accuracies", "margins")
+            if f"eval_rewards/{name}" in evals[index]}
+
+
 def build_preference_trainer(model, args, setup: dict[str, Any], tokenizer, train_rows, eval_rows, callbacks: list):
     """TRL's trainer for the objective, handed the tokenized rows as they are."""
     import trl
@@ -45,11 +66,22 @@ def build_preference_trainer(model, args, setup: dict[str, Any], tokenizer, trai
     trainer_class = getattr(trl, OBJECTIVES[setup["objective"]].trainer)
 
     class PreTokenized(trainer_class):
-        def _prepare_dataset(self, dataset, *unused):  # tokenized by the tokenize stage, the way TRL does
-            return dataset
+        def _prepare_dataset(self, dataset, processing_class, args, name):
+            """Tokenized by the tokenize stage, the way TRL does; for KTO, what TRL adds after tokenizing: each
+            row's mismatched answer for the KL estimate (the batch's answers rotated by one, as TRL builds them;
+            in memory, so nothing is written into the tokenize stage's output)."""
+            if not getattr(self, "calculate_KL", False):
+                return dataset
+            return dataset.map(mismatched_answers, batched=True, batch_size=args.per_device_train_batch_size,
+                               keep_in_memory=True)
 
     return PreTokenized(model=model, args=args, processing_class=tokenizer, train_dataset=train_rows,
                         eval_dataset=eval_rows, callbacks=callbacks)
+
+
+def mismatched_answers(rows: dict[str, list]) -> dict[str, list]:
+    rows["KL_completion_ids"] = rows["completion_ids"][-1:] + rows["completion_ids"][:-1]
+    return rows
 
 
 def reference_logps(trainer, batch: dict) -> tuple[Any, Any]:

@@ -101,6 +101,13 @@ def shown(value: Any, limit: int = 240) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def rewards_line(summary: dict[str, Any]) -> str:
+    """A preference objective's validation rewards, first evaluation to last (empty for supervised training)."""
+    parts = [f"reward {name} {summary[f'first_eval_reward_{key}']:.3f} → {summary[f'final_eval_reward_{key}']:.3f}"
+             for key, name in (("accuracies", "accuracy"), ("margins", "margin")) if f"final_eval_reward_{key}" in summary]
+    return "".join(f", validation {part}" for part in parts)
+
+
 def experiment_section(name: str, setup: dict[str, Any], metrics: dict[str, Any], out: Path) -> list[str]:
     summary = read_json(Path("reports/train") / name / "summary.json")
     counts = read_json(Path("reports/tokenize") / f"{name}.json")
@@ -127,8 +134,9 @@ def experiment_section(name: str, setup: dict[str, Any], metrics: dict[str, Any]
     lines += ["", f"Training: {summary['steps']} steps over {summary['rows']} rows, {summary['real_tokens']} "
               f"tokens, {summary['trainable_params']:,} trainable parameters, loss {summary['first_loss']:.3f} → "
               f"{summary['final_loss']:.3f}" + (f", validation loss {summary['final_eval_loss']:.3f}"
-              if summary.get("final_eval_loss") is not None else "") + f", {summary['pad_fraction']:.1%} of "
-              "batch tokens were padding.", "",
+              if summary.get("final_eval_loss") is not None else "") + rewards_line(summary)
+              + (f", {summary['pad_fraction']:.1%} of batch tokens were padding" if summary.get("pad_fraction")
+                 is not None else "") + ".", "",
               f"![{name} training loss]({plot.relative_to(out).as_posix()})", "",
               "| id | input | reference | before | after |", "|---|---|---|---|---|"]
     folder = Path("data/predictions") / name

@@ -24,7 +24,8 @@ from tunepipe.context import cut_middle
 from tunepipe.encoders import ENCODERS, IGNORE, render_prompt
 from tunepipe.errors import StageError
 from tunepipe.files import iter_jsonl, sha256_file
-from tunepipe.pairs import COLUMNS as PAIR_COLUMNS, encode_pairs, encode_prompts
+from tunepipe.pairs import COLUMNS as PAIR_COLUMNS, UNPAIRED_COLUMNS, encode_pairs, encode_prompts, encode_unpaired, \
+    objective_records
 from tunepipe.splits import PART
 
 SPLITS = ("train", "validation", "test")
@@ -79,10 +80,12 @@ def fitted(row: dict[str, Any], row_id: str, split: str, kind: str, max_length: 
 
 
 def encoder_for(setup: dict[str, Any], split: str):
-    """The kind's encoder; preference pairs are TRL's columns for training and validation, causal rows to test."""
-    if setup["kind_rows"] == ["preference"]:
-        return encode_prompts if split == "test" else encode_pairs
-    return ENCODERS[setup["kind"]]
+    """The kind's encoder; a preference objective's rows are TRL's columns for training and validation, and
+    causal rows to test."""
+    objective = setup.get("objective")
+    if objective and split == "test":
+        return encode_prompts
+    return {"dpo": encode_pairs, "kto": encode_unpaired}.get(objective) or ENCODERS[setup["kind"]]
 
 
 def encode_chunks(tokenizer, records: Iterable[dict[str, Any]], setup: dict[str, Any], params: dict[str, Any],
@@ -113,8 +116,9 @@ def text_pieces(record_id: str, row: dict[str, Any], size: int) -> Iterator[tupl
 
 def features_for(setup: dict[str, Any], tokenizer, split: str) -> Features:
     ids, kind = Sequence(Value("int32")), setup["kind"]
-    if setup["kind_rows"] == ["preference"] and split != "test":
-        return Features({"id": Value("string"), **{name: ids for name in PAIR_COLUMNS}})
+    if setup.get("objective") and split != "test":
+        columns = {name: ids for name in (PAIR_COLUMNS if setup["objective"] == "dpo" else UNPAIRED_COLUMNS)}
+        return Features({"id": Value("string"), **columns, **({"label": Value("bool")} if "label" in columns else {})})
     columns = {"id": Value("string"), "input_ids": ids,
                "labels": Value("int64") if kind == "sequence_head" else ids, "prompt_length": Value("int32")}
     if kind == "token_head":
@@ -133,6 +137,9 @@ def tokenize_split(tokenizer, records: Iterable[dict[str, Any]], setup: dict[str
     counts, longest = {"rows": 0, "tokens": 0, "dropped": 0, "truncated": 0}, 0
     batch: dict[str, list] = {name: [] for name in columns}
     progress = tqdm(desc=f"tokenize {split}", unit="row", disable=None, mininterval=5)
+    left_out: list[dict[str, Any]] = []  # a preference objective's test rows with no reference
+    if setup.get("objective"):
+        records = objective_records(records, setup["objective"], split, left_out)
     for record, encoded in encode_chunks(tokenizer, records, setup, params, labels, where, split):
         progress.update()
         # plain text is cut into pieces of max_length (a long document is many training rows, not none)
@@ -159,6 +166,8 @@ def tokenize_split(tokenizer, records: Iterable[dict[str, Any]], setup: dict[str
     if batch["id"]:
         writer.write_batch(batch)
     progress.close()
+    dropped.extend(left_out)
+    counts["dropped"] += len(left_out)
     print(f"[tokenize] {setup['dataset']} {split}: {counts['rows']} rows, {counts['tokens']} tokens, max {longest}, "
           f"dropped {counts['dropped']}, prompts cut to the context {counts['truncated']}")
     return counts

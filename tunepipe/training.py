@@ -25,11 +25,12 @@ from tunepipe.devices import device, frozen_dtype, qlora_compute_dtype
 from tunepipe.errors import StageError
 from tunepipe.kinds import ADAPTER_METHODS
 from tunepipe.loading import attach_method, load_base
-from tunepipe.pairs import COLUMNS as PAIR_COLUMNS
+from tunepipe.objectives import OBJECTIVES
+from tunepipe.pairs import COLUMNS as PAIR_COLUMNS, UNPAIRED_COLUMNS
 from tunepipe.settings import train as train_settings
 
 # the columns a model (or TRL's preference collator) takes; ids and maps stay behind
-MODEL_INPUTS = ("input_ids", "labels", "token_type_ids", *PAIR_COLUMNS)
+MODEL_INPUTS = ("input_ids", "labels", "token_type_ids", *PAIR_COLUMNS, *UNPAIRED_COLUMNS)
 
 
 def launch_processes(experiment: str, params: dict[str, Any], resume: str | None) -> None:
@@ -85,19 +86,9 @@ def training_arguments(params: dict[str, Any], setup: dict[str, Any], scratch: P
         dataloader_num_workers=0, disable_tqdm=False)
     if not setup.get("objective"):
         return TrainingArguments(**{**decided, **declared})  # a declared setting wins over the stage's choice
+    from tunepipe.preference_training import objective_arguments
+
     return objective_arguments(setup["objective"], params, decided, declared)
-
-
-def objective_arguments(objective: str, params: dict[str, Any], decided: dict[str, Any], declared: dict[str, Any]):
-    """A preference objective's TRL config: the same arguments, its own settings (train.<objective>), and
-    what TRL would otherwise decide differently: its older checkpointing switch follows ours, rows are
-    already cut to max_length, and pairs (which have no single length to group by) are drawn at random."""
-    from tunepipe.preference_training import config_class
-
-    if params.get("sampling") is None:
-        declared["train_sampling_strategy"] = "random"
-    decided.update(gradient_checkpointing=decided["activation_checkpointing"], max_length=None)
-    return config_class(objective)(**{**decided, **declared, **(params.get(objective) or {})})
 
 
 def full_precision_evaluation():
@@ -208,7 +199,8 @@ def check_memory(model, params: dict[str, Any], args, rows: tuple, labels: list[
     longest = max(row_lengths(train_rows))
     eval_len = max(row_lengths(eval_rows), default=0) if eval_rows is not None else 0
     # a preference batch runs each pair's chosen and rejected answers side by side
-    kind, batch = setup["kind"], int(params["batch_size"]) * (2 if setup.get("objective") else 1)
+    kind, batch = setup["kind"], int(params["batch_size"]) * (
+        OBJECTIVES[setup["objective"]].sequences if setup.get("objective") else 1)
     outputs = {"token_head": len(labels or []), "sequence_head": 0}.get(kind)  # None: the vocabulary
     compute = getattr(torch, qlora_compute_dtype(setup["qlora"]["compute_dtype"])) if setup.get("qlora") else None
     kept = kept_activations(model, kind, setup["method"], params, base, batch, longest, args.activation_checkpointing,
@@ -223,6 +215,8 @@ def row_lengths(rows) -> list[int]:
     """Each row's tokens: a pair's prompt and its longer answer."""
     if "input_ids" in rows.column_names:
         return [len(ids) for ids in rows["input_ids"]]
+    if "completion_ids" in rows.column_names:  # one answer marked desirable or not
+        return [len(p) + len(c) for p, c in zip(rows["prompt_ids"], rows["completion_ids"])]
     return [len(p) + max(len(c), len(r)) for p, c, r in zip(*(rows[name] for name in PAIR_COLUMNS))]
 
 
@@ -252,6 +246,7 @@ def tokens_seen(checkpoint: str | None) -> int:
 
 def summarize(trainer, collator, train_rows, model, needs: dict[str, Any], reports: Path, where: str) -> dict[str, Any]:
     """The run's totals for summary.json: deterministic, the same bytes for the same params, resumed or not."""
+    from tunepipe.preference_training import reward_totals
     from tunepipe.trainlog import write_curves
 
     losses = write_curves(reports / "live", trainer.state.log_history)
@@ -266,16 +261,7 @@ def summarize(trainer, collator, train_rows, model, needs: dict[str, Any], repor
             "final_eval_accuracy": accuracy[-1] if accuracy else None,
             "real_tokens": int(trainer.state.num_input_tokens_seen),
             "pad_fraction": padding_share(trainer, collator) if collator else None, "memory_estimate_gib": needs,
-            **preference_totals(trainer.state.log_history)}
-
-
-def preference_totals(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """A preference objective's first and last implicit rewards on validation (TRL's keys; none for SFT)."""
-    evals = [entry for entry in history if "eval_rewards/accuracies" in entry]
-    if not evals:
-        return {}
-    return {f"{which}_eval_reward_{name}": round(evals[index][f"eval_rewards/{name}"], 6)
-            for which, index in (("first", 0), ("final", -1)) for name in ("accuracies", "margins")}
+            **reward_totals(trainer.state.log_history)}
 
 
 def timed_training(trainer, resume: str | None) -> dict[str, Any]:

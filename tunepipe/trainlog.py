@@ -20,7 +20,8 @@ LOGGED = {"loss": "train/loss", "eval_loss": "eval/loss", "eval_accuracy": "eval
           # a preference objective's implicit rewards (TRL's names): the chosen and rejected answers', their
           # margin, and how often the chosen one's is the higher
           **{f"{split}rewards/{name}": f"{'eval' if split else 'train'}/rewards/{name}"
-             for split in ("", "eval_") for name in ("chosen", "rejected", "margins", "accuracies")}}
+             for split in ("", "eval_") for name in ("chosen", "rejected", "margins", "accuracies")},
+          "kl": "train/kl", "eval_kl": "eval/kl"}  # KTO's estimate of the policy's KL from the reference
 
 
 def _live(folder: Path, resume: bool):

@@ -57,7 +57,7 @@ def test_bad_pairs_are_kept_with_their_reason(tmp_path):
         {"prompt": USER, "chosen": PARIS},
         {"chosen": [*USER, *PARIS], "rejected": [{"role": "user", "content": "Capital of Spain?"}, *LYON]},
         {"prompt": [*USER, *PARIS], "chosen": PARIS, "rejected": LYON},
-        {"prompt": USER, "completion": PARIS, "label": True},
+        {"prompt": USER, "completion": PARIS, "label": "yes"},
         {"chosen": "Blue.", "rejected": "Green."},
         {"prompt": "The sky is", "chosen": PARIS, "rejected": " green."}])
     records, ledger = run(preference, tmp_path)
@@ -68,8 +68,7 @@ def test_bad_pairs_are_kept_with_their_reason(tmp_path):
         "bad.jsonl:3": "missing field: rejected",
         "bad.jsonl:4": "chosen and rejected differ before their last turn: the two sides have different prompts",
         "bad.jsonl:5": "prompt: the last turn must be the user's (the answers are in chosen and rejected)",
-        "bad.jsonl:6": "a label column: unpaired rows marked desirable or not are KTO data, which a pair reader "
-                       "would read with their label dropped",
+        "bad.jsonl:6": "label: 'yes' is not true or false (desirable or not)",
         "bad.jsonl:7": "chosen and rejected share no prompt (an implicit prompt is the text both start with)",
         "bad.jsonl:8": "a text prompt takes text answers (a conversational prompt is a list of turns)"}
     assert ledger.read == 8
@@ -103,3 +102,20 @@ def test_chat_readers_refuse_what_they_would_otherwise_drop(tmp_path):
     jsonl(tmp_path / "a/pref.jsonl", [{"instruction": "Hi", "chosen": "Hello.", "rejected": "Go away."}])
     records, ledger = run(alpaca, tmp_path / "a")
     assert records == [] and "format alpaca" in list(reasons(ledger).values())[0]
+
+
+def test_unpaired_rows_of_trl_and_llama_factory_s_kto_files_keep_their_label(tmp_path):
+    # the layout of LLaMA-Factory's data/kto_en_demo.json: messages ending with the answer, a boolean label
+    (tmp_path / "kto_en_demo.json").write_text(json.dumps([
+        {"messages": [*USER, *PARIS], "label": True}, {"messages": [*USER, *LYON], "label": False},
+        {"messages": USER, "label": True}]))
+    jsonl(tmp_path / "trl.jsonl", [{"prompt": "The sky is", "completion": " blue.", "label": True},
+                                   {"prompt": USER, "completion": LYON, "label": False},
+                                   {"prompt": "The sky is", "label": False}])
+    records, ledger = run(preference, tmp_path)
+    assert [(r["kind"], r["prompt"], r["completion"], r["label"]) for r in records] == [
+        ("unpaired", USER, PARIS, True), ("unpaired", USER, LYON, False), ("unpaired", "The sky is", " blue.", True)]
+    assert reasons(ledger) == {
+        "kto_en_demo.json#2": "messages: the last turn must be the assistant's (the answer to learn)",
+        "trl.jsonl:2": "duplicate: the same content as kto_en_demo.json#1",
+        "trl.jsonl:3": "missing field: completion (or messages ending with the answer)"}

@@ -11,15 +11,19 @@ Each row may come in any of the shapes the peers write (JSON lines, a JSON array
 - LLaMA-Factory's alpaca: `instruction`, `input`, optional `system` and `history`, `chosen` and `rejected` text.
 Records: {kind: preference, prompt, chosen, rejected}, in TRL's standard or conversational shape. Rejected,
 with the reason: a side missing or empty, chosen the same as rejected, sides whose prompts differ, a prompt
-not ending with the user's turn, and a `label` column (unpaired KTO rows: a pair reader would drop the label
-that says which answers are bad).
+not ending with the user's turn.
+
+A row with a boolean `label` is unpaired (KTO's data): one answer, marked desirable (true) or not (false):
+- TRL's: `prompt` and `completion` (text, or turns), `label`;
+- LLaMA-Factory's kto files: `messages` (or sharegpt `conversations`) ending with the assistant's answer, `label`.
+Records: {kind: unpaired, prompt, completion, label}. A label that is not true or false is rejected.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Iterator
 
-from tunepipe.formats.rows import Seen, checked_messages, column, iter_rows, record_id, text_of
+from tunepipe.formats.rows import Seen, checked_messages, column, content_id, iter_rows, record_id, text_of
 from tunepipe.formats.sharegpt import ROLES
 from tunepipe.ledger import Ledger
 
@@ -98,10 +102,35 @@ def sides(row: dict[str, Any], opts: dict[str, Any]) -> tuple[Any, Any, Any]:
     return prompt_turns(prompt, "prompt"), turn(chosen, "chosen", roles), turn(rejected, "rejected", roles)
 
 
+def unpaired(row: dict[str, Any], opts: dict[str, Any], label: Any) -> dict[str, Any]:
+    """(prompt, completion) from TRL's columns or from a conversation ending with the answer, and its label."""
+    if not isinstance(label, bool):
+        raise ValueError(f"label: {label!r} is not true or false (desirable or not)")
+    columns, roles = opts["columns"], opts["roles"]
+    conversation = column(row, columns, "messages") or column(row, columns, "conversations")
+    if conversation is not None and column(row, columns, "completion") is None:
+        turns = [{"role": roles.get(t.get("from"), t.get("from")) if "from" in t else t.get("role"),
+                  "content": t.get("value", t.get("content"))} if isinstance(t, dict) else t for t in conversation]
+        messages = checked_messages(turns, "messages")
+        prompt, completion = messages[:-1], messages[-1:]
+    else:
+        prompt, completion = column(row, columns, "prompt"), column(row, columns, "completion")
+        if completion is None:
+            raise ValueError("missing field: completion (or messages ending with the answer)")
+        if isinstance(prompt, str):
+            if not isinstance(completion, str):
+                raise ValueError("a text prompt takes a text completion (a conversational prompt is a list of turns)")
+            prompt, completion = text_of(prompt, "prompt"), text_of(completion, "completion")
+        else:
+            prompt, completion = prompt_turns(prompt, "prompt"), turn(completion, "completion", roles)
+    # the answers to one prompt share its split: a prompt trained on is never scored on
+    return {"kind": "unpaired", "prompt": prompt, "completion": completion, "label": label, "group": content_id(prompt)}
+
+
 def to_record(row: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
-    if column(row, opts["columns"], "label") is not None:
-        raise ValueError("a label column: unpaired rows marked desirable or not are KTO data, which a pair reader "
-                         "would read with their label dropped")
+    label = column(row, opts["columns"], "label")
+    if label is not None:
+        return unpaired(row, opts, label)
     prompt, chosen, rejected = sides(row, opts)
     if chosen == rejected:
         raise ValueError("chosen and rejected are the same answer: nothing to prefer")

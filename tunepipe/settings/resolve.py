@@ -98,7 +98,7 @@ def resolve(name: str, root: Path = Path(".")) -> dict[str, Any]:
     setup.update(name=name, dataset=dataset, model=model, own_dataset=not isinstance(own["dataset"], str),
                  own_model=not isinstance(own["model"], str), format=data["format"], source=data.get("source"),
                  model_source=base.get("source"), data=data, base=base,
-                 kind_rows=[OBJECTIVES[setup["objective"]].rows] if setup.get("objective") else list(KINDS[kind].rows),
+                 kind_rows=list(OBJECTIVES[setup["objective"]].rows if setup.get("objective") else KINDS[kind].rows),
                  generates=KINDS[kind].generates)
     return setup
 

@@ -74,6 +74,7 @@ class Train(Strict):
     gradient_checkpointing: Annotated[bool | None, Feeds("activation_checkpointing", effect="none")] = None
     # a preference objective's own settings: fields of its TRL config class (tunepipe/objectives.py lists them)
     dpo: Annotated[dict[str, Any] | None, Feeds()] = None
+    kto: Annotated[dict[str, Any] | None, Feeds()] = None
 
 
 def declarations() -> dict[str, Feeds]:
