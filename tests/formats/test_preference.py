@@ -65,7 +65,7 @@ def test_bad_pairs_are_kept_with_their_reason(tmp_path):
     assert reasons(ledger) == {
         "bad.jsonl:1": "chosen and rejected are the same answer: nothing to prefer",
         "bad.jsonl:2": "empty text: rejected",
-        "bad.jsonl:3": "missing field: rejected",
+        "bad.jsonl:3": "missing field: rejected (or rejected_messages)",
         "bad.jsonl:4": "chosen and rejected differ before their last turn: the two sides have different prompts",
         "bad.jsonl:5": "prompt: the last turn must be the user's (the answers are in chosen and rejected)",
         "bad.jsonl:6": "label: 'yes' is not true or false (desirable or not)",
@@ -76,21 +76,33 @@ def test_bad_pairs_are_kept_with_their_reason(tmp_path):
 
 def test_chat_readers_refuse_what_they_would_otherwise_drop(tmp_path):
     """LLaMA-Factory's kto_en_demo.json read as messages used to train on the answers labelled bad; its
-    v1_sft_demo.jsonl (parts written {type, value}, per-turn loss_weight) used to fail as 'empty content'."""
-    (tmp_path / "m").mkdir()
-    jsonl(tmp_path / "m/kto.jsonl", [
+    v1_sft_demo.jsonl (parts written {type, value}, per-turn loss_weight) used to fail as 'empty content'.
+    A loss_weight that says what training does anyway (assistant 1, others 0) reads; another is refused,
+    by every reader that sees turns (sharegpt with role/content keys once dropped it unseen)."""
+    v1 = lambda text, weight: {"type": "text", "value": text}  # noqa: E731
+    rows = [
         {"messages": [*USER, {"role": "assistant", "content": "Lyon."}], "label": False},
-        {"messages": [{"role": "user", "content": [{"type": "text", "value": "Capital of France?"}]}, *PARIS]},
-        {"messages": [*USER, {"role": "assistant", "content": "Paris.", "loss_weight": 0.0}]},
-        {"messages": [{"role": "user", "content": [{"type": "text", "words": "?"}]}, *PARIS]}])
+        {"messages": [{"role": "user", "content": [v1("Capital of France?", 0)], "loss_weight": 0.0},
+                      {"role": "assistant", "content": [v1("Paris.", 1)], "loss_weight": 1.0}]},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "bad a1", "loss_weight": 0.0},
+                      {"role": "user", "content": "Again"}, {"role": "assistant", "content": "Hello."}]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "words": "?"}]}, *PARIS]}]
+    weight_reason = ("turn 2: loss_weight 0.0 on the assistant's turn: only the usual weights are read (1 on the "
+                     "assistant's turns, 0 on the others)")
+    (tmp_path / "m").mkdir()
+    jsonl(tmp_path / "m/kto.jsonl", rows)
     records, ledger = run(messages, tmp_path / "m")
     assert [r["messages"] for r in records] == [[*USER, *PARIS]]  # the v1 parts, read through `value`
     assert reasons(ledger) == {
-        "kto.jsonl:1": "column 'label' is not read by format messages, and it makes the row unpaired rows marked "
-                       "desirable or not (KTO data)",
-        "kto.jsonl:3": "messages turn 2: loss_weight is not read (every assistant turn would be learnt, whatever "
-                       "its weight says)",
+        "kto.jsonl:1": "column 'label' is not read by format messages, and it marks the row's answer desirable or "
+                       "not (KTO data: format preference)",
+        "kto.jsonl:3": f"messages {weight_reason}",
         "kto.jsonl:4": "messages turn 1: a text part has neither 'text' nor 'value' (keys: type, words)"}
+    (tmp_path / "sr").mkdir()
+    jsonl(tmp_path / "sr/chats.jsonl", rows[2:3])
+    records, ledger = run(sharegpt, tmp_path / "sr", {"columns": {"messages": "messages"}, "role_key": "role",
+                                                      "content_key": "content"})
+    assert records == [] and list(reasons(ledger).values()) == [f"conversations {weight_reason}"]
     (tmp_path / "s").mkdir()
     jsonl(tmp_path / "s/dpo.jsonl", [{"conversations": [{"from": "human", "value": "Hi"}],
                                       "chosen": {"from": "gpt", "value": "Hello."},
@@ -102,6 +114,20 @@ def test_chat_readers_refuse_what_they_would_otherwise_drop(tmp_path):
     jsonl(tmp_path / "a/pref.jsonl", [{"instruction": "Hi", "chosen": "Hello.", "rejected": "Go away."}])
     records, ledger = run(alpaca, tmp_path / "a")
     assert records == [] and "format alpaca" in list(reasons(ledger).values())[0]
+
+
+def test_llama_factory_v1_preference_rows_read_as_whole_conversations(tmp_path):
+    """The layout of LLaMA-Factory's v1_dpo_demo.jsonl: chosen_messages and rejected_messages, v1 parts and
+    weights; the prompt is the turns both share."""
+    def conversation(answer: str) -> list[dict]:
+        return [{"role": "system", "content": [{"type": "text", "value": "Be brief."}], "loss_weight": 0.0},
+                {"role": "user", "content": [{"type": "text", "value": "Capital of France?"}], "loss_weight": 0.0},
+                {"role": "assistant", "content": [{"type": "text", "value": answer}], "loss_weight": 1.0}]
+    jsonl(tmp_path / "v1_dpo_demo.jsonl", [{"chosen_messages": conversation("Paris."),
+                                            "rejected_messages": conversation("Lyon.")}])
+    (record,), ledger = run(preference, tmp_path)
+    assert record["prompt"] == [{"role": "system", "content": "Be brief."}, *USER]
+    assert (record["chosen"], record["rejected"]) == (PARIS, LYON) and not ledger.rejected
 
 
 def test_unpaired_rows_of_trl_and_llama_factory_s_kto_files_keep_their_label(tmp_path):

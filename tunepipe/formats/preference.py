@@ -6,6 +6,7 @@ Each row may come in any of the shapes the peers write (JSON lines, a JSON array
   assistant's turn ([{role: assistant, content}], or plain text);
 - TRL's implicit prompt: only `chosen` and `rejected`, each a whole conversation (the turns before the last
   must be the same on both sides) or a whole text (the prompt is their common start, as TRL takes it);
+  LLaMA-Factory v1's `chosen_messages` and `rejected_messages` are read the same way;
 - LLaMA-Factory's sharegpt: `conversations` ({from, value} turns ending with the human's) with `chosen` and
   `rejected` as {from: gpt, value} turns (`system` and `tools` columns as its files have them);
 - LLaMA-Factory's alpaca: `instruction`, `input`, optional `system` and `history`, `chosen` and `rejected` text.
@@ -58,6 +59,7 @@ def implicit(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
     """TRL's implicit prompt: the turns both conversations share, or the text both start with (to the last
     space before they differ, as TRL's extract_prompt takes it)."""
     if isinstance(chosen, list) and isinstance(rejected, list):
+        chosen, rejected = checked_messages(chosen, "chosen"), checked_messages(rejected, "rejected")
         if chosen[:-1] != rejected[:-1]:
             raise ValueError("chosen and rejected differ before their last turn: the two sides have different prompts")
         return prompt_turns(chosen[:-1], "chosen"), chosen[-1:], rejected[-1:]
@@ -73,10 +75,12 @@ def implicit(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
 def sides(row: dict[str, Any], opts: dict[str, Any]) -> tuple[Any, Any, Any]:
     """(prompt, chosen, rejected) in TRL's shape from any of the row shapes above."""
     columns, roles = opts["columns"], opts["roles"]
-    chosen, rejected = column(row, columns, "chosen"), column(row, columns, "rejected")
+    # LLaMA-Factory v1 writes each side as a whole conversation, `chosen_messages` and `rejected_messages`
+    chosen = column(row, columns, "chosen") or column(row, columns, "chosen_messages")
+    rejected = column(row, columns, "rejected") or column(row, columns, "rejected_messages")
     for side, value in (("chosen", chosen), ("rejected", rejected)):
         if value is None:
-            raise ValueError(f"missing field: {side}")
+            raise ValueError(f"missing field: {side} (or {side}_messages)")
     prompt = column(row, columns, "prompt")
     conversations = column(row, columns, "conversations")
     if conversations is not None:  # LLaMA-Factory's sharegpt
@@ -110,7 +114,8 @@ def unpaired(row: dict[str, Any], opts: dict[str, Any], label: Any) -> dict[str,
     conversation = column(row, columns, "messages") or column(row, columns, "conversations")
     if conversation is not None and column(row, columns, "completion") is None:
         turns = [{"role": roles.get(t.get("from"), t.get("from")) if "from" in t else t.get("role"),
-                  "content": t.get("value", t.get("content"))} if isinstance(t, dict) else t for t in conversation]
+                  "content": t.get("value", t.get("content")), "loss_weight": t.get("loss_weight")}
+                 if isinstance(t, dict) else t for t in conversation]
         messages = checked_messages(turns, "messages")
         prompt, completion = messages[:-1], messages[-1:]
     else:

@@ -181,15 +181,16 @@ def text_of(value: Any, field: str) -> str:
 
 ROLES = ("system", "user", "assistant")
 # columns that change what a row means: a reader that does not read them refuses the row rather than drop them
-MEANINGFUL = {"label": "unpaired rows marked desirable or not (KTO data)",
-              "chosen": "a preference pair (format: preference)", "rejected": "a preference pair (format: preference)"}
+MEANINGFUL = {"label": "it marks the row's answer desirable or not (KTO data: format preference)",
+              "chosen": "it makes the row a preference pair (format: preference)",
+              "rejected": "it makes the row a preference pair (format: preference)"}
 
 
 def unread_meaning(row: dict[str, Any], fmt: str) -> None:
     """Refuse a row with a column this format does not read but which says what the row is."""
     for name, meaning in MEANINGFUL.items():
         if row.get(name) is not None:
-            raise ValueError(f"column {name!r} is not read by format {fmt}, and it makes the row {meaning}")
+            raise ValueError(f"column {name!r} is not read by format {fmt}, and {meaning}")
 
 
 def text_parts(parts: list, where: str) -> str:
@@ -215,9 +216,10 @@ def checked_messages(messages: Any, what: str = "messages") -> list[dict[str, st
         if not isinstance(turn, dict):
             raise ValueError(f"{what} turn {number}: expected an object, got {type(turn).__name__}")
         role, content = turn.get("role"), turn.get("content")
-        if turn.get("loss_weight") is not None:  # LLaMA-Factory v1: a turn it may say not to learn
-            raise ValueError(f"{what} turn {number}: loss_weight is not read (every assistant turn would be learnt, "
-                             "whatever its weight says)")
+        weight = turn.get("loss_weight")  # LLaMA-Factory v1: whether a turn is learnt
+        if weight is not None and weight != (1 if role == "assistant" else 0):
+            raise ValueError(f"{what} turn {number}: loss_weight {weight} on the {role}'s turn: only the usual "
+                             "weights are read (1 on the assistant's turns, 0 on the others)")
         if isinstance(content, list):
             content = text_parts(content, f"{what} turn {number}")
         if role not in ROLES:

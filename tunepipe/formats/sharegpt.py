@@ -37,7 +37,8 @@ def to_messages(row: dict[str, Any], opts: dict[str, Any]) -> list[dict[str, str
         if speaker not in opts["roles"]:
             raise ValueError(f"conversations turn {number}: speaker {speaker!r} has no role (roles: "
                              f"{', '.join(sorted(opts['roles']))}; tool turns are not supported)")
-        messages.append({"role": opts["roles"][speaker], "content": turn.get(opts["content_key"])})
+        messages.append({"role": opts["roles"][speaker], "content": turn.get(opts["content_key"]),
+                         "loss_weight": turn.get("loss_weight")})  # checked with the turn, never dropped
     return checked_messages(messages, "conversations")
 
 
