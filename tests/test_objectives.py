@@ -41,7 +41,9 @@ def test_each_objective_setting_is_a_field_of_its_trl_config_and_not_a_training_
     ({"method": "prompt_tuning", "merge": None}, r"objective: 'dpo' .* not a causal_lm with prompt_tuning"),
     ({"train.dpo": {"gamma": 1}}, r"train.dpo: unknown gamma \(known: beta, loss_type"),
     ({"objective": "sft", "train.dpo": {"beta": 0.2}}, r"train.dpo: settings of the dpo objective, but objective is 'sft'"),
-    ({"objective": "sft", "init_from": "toy"}, r"init_from: supported for a preference objective"),
+    ({"objective": "sft", "init_from": "toy"}, r"init_from: supported for a preference or reward objective"),
+    ({"objective": "grpo", "metric": "perplexity"}, r"objective: grpo rewards completions with the experiment's "
+                                                     r"metric on each one; 'perplexity' scores no single completion"),
 ])
 def test_an_objective_that_does_not_fit_fails_naming_the_file_and_key(tmp_path, change, message):
     from tunepipe.settings.resolve import resolve
@@ -183,3 +185,46 @@ def test_unpaired_rows_equal_trl_s_own_kto_processing_on_smollm2(smollm2):  # no
     ours = encode_unpaired(smollm2, rows, {}, [])
     assert [{k: row[k] for k in ("prompt_ids", "completion_ids", "label")} for row in theirs] == [
         {k: row[k] for k in ("prompt_ids", "completion_ids", "label")} for row in ours]
+
+
+def test_grpo_rewards_are_the_task_s_metric_on_each_completion_and_a_format_reward():
+    from tunepipe.rewards import reward_functions
+
+    def record(**fields) -> str:
+        return json.dumps({"kind": "instruction", "instruction": "q", "input": "", "output": "-", **fields})
+
+    refusal_correct, answer_match, finished = reward_functions("refusal", {"refusal_phrases": ["无法回答"]}, 4, 2)
+    completions = ["我无法回答。", "答案是北京。", "无法回答", "上海"]
+    records = [record(answers=[]), record(answers=["北京"]), record(answers=["北京"]), record(answers=["北京"])]
+    assert refusal_correct(None, completions, records) == [1.0, 1.0, 0.0, 1.0]
+    assert answer_match(None, completions, records) == [0.0, 1.0, 0.0, 0.0]
+    # finished: something said, and ended by the model (end-of-sequence 2) or short of the 4-token limit
+    assert finished(None, ["a", "", "abcd", "abcd"], [[5], [2], [5, 6, 7, 8], [5, 6, 7, 2]]) == [1.0, 0.0, 0.0, 1.0]
+    label_match, _ = reward_functions("label_match", {"label_words": {"positive": ["bullish"]}}, 8, 2)
+    conversational = [[{"role": "assistant", "content": "Bullish."}], [{"role": "assistant", "content": "negative"}]]
+    assert label_match(None, conversational, [record(label="positive"), record(label="positive")]) == [1.0, 0.0]
+    rouge_l, _ = reward_functions("rouge_any", {}, 8, 2)
+    assert rouge_l(None, ["they meet at noon", "no"], [record(output="they meet at noon")] * 2) == [1.0, 0.0]
+
+
+def test_grpo_samples_the_task_s_prompts_and_logs_each_reward(tmp_path, monkeypatch):
+    from datasets import load_from_disk
+
+    monkeypatch.chdir(tmp_path)
+    workspace(tmp_path, "llama", "causal_lm", "lora")
+    spec = read_yaml(tmp_path / "experiments/toy.yaml")
+    spec.update(objective="grpo", init_from="toy")
+    spec.pop("merge", None)
+    spec["train"].update(max_steps=2, batch_size=4, grpo={"num_generations": 2, "max_completion_length": 4})
+    name = write_experiment(tmp_path, "grpo", spec)
+    for experiment in ("toy", name):
+        tokenize_stage.main([experiment])
+    rows = load_from_disk(f"data/tokenized/{name}/train")
+    assert json.loads(rows[0]["prompt_json"])[-1]["role"] == "user"  # the conversation before the answer
+    assert json.loads(rows[0]["record_json"])["output"].startswith("They agree")  # what its rewards read
+    train_stage.main(["toy"])
+    train_stage.main([name])
+    live = json.loads(Path(f"reports/train/{name}/live/metrics.json").read_text())
+    assert set(live["train"]["rewards"]) == {"rouge_l", "finished"} and "reward" in live["train"]
+    summary = json.loads(Path(f"reports/train/{name}/summary.json").read_text())
+    assert 0 <= summary["final_eval_reward"] <= 2 and summary["steps"] == 2

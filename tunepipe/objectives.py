@@ -5,8 +5,9 @@
 | sft       | transformers Trainer | the kind's    | all       | the kind's         | -                       |
 | dpo       | DPOTrainer/DPOConfig | preference    | causal_lm | lora, qlora, full  | train.dpo: beta, loss_type, ... |
 | kto       | KTOTrainer/KTOConfig | unpaired (a pair: two rows) | causal_lm | lora, qlora, full | train.kto: beta, desirable_weight, ... |
+| grpo      | GRPOTrainer/GRPOConfig | the kind's prompts (instruction, chat, labelled) | causal_lm | lora, qlora, full | train.grpo: num_generations, max_completion_length, ... |
 
-A preference objective is TRL's own trainer and config: no loss is written here. `train.<objective>` passes
+A preference or reward objective is TRL's own trainer and config: no loss is written here. `train.<objective>` passes
 the listed fields of its TRL config class as they are (tests/test_objectives.py checks each name is one of
 that class's fields); the rest of the arguments come from the train settings like any run's.
 `init_from: <experiment>` starts from another experiment's trained model, which is then also the reference
@@ -42,6 +43,12 @@ OBJECTIVES = {
     "kto": Objective("KTOTrainer", "KTOConfig", ("unpaired", "preference"), 1, "sequential", ("causal_lm",), ("lora", "qlora", "full"),
                      ("beta", "loss_type", "desirable_weight", "undesirable_weight", "precompute_ref_log_probs",
                       "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps")),
+    # GRPO samples completions of the task's own prompts and rewards them with the task's metric (rewards.py)
+    "grpo": Objective("GRPOTrainer", "GRPOConfig", ("instruction", "chat", "labelled"), 1, "random", ("causal_lm",),
+                      ("lora", "qlora", "full"),
+                      ("num_generations", "max_completion_length", "beta", "temperature", "top_p", "top_k",
+                       "repetition_penalty", "loss_type", "epsilon", "epsilon_high", "num_iterations", "scale_rewards",
+                       "reward_weights", "mask_truncated_completions", "steps_per_generation", "num_generations_eval")),
 }
 
 NAMES = ("sft", *OBJECTIVES)
@@ -56,13 +63,17 @@ def check_objective(setup: dict, where: str) -> None:
             raise StageError(f"{where}: train.{other}: settings of the {other} objective, but objective is {name!r}")
     if name == "sft":
         if setup.get("init_from"):
-            raise StageError(f"{where}: init_from: supported for a preference objective ({', '.join(OBJECTIVES)}); "
+            raise StageError(f"{where}: init_from: supported for a preference or reward objective ({', '.join(OBJECTIVES)}); "
                              "an sft experiment starts from its base model")
         return
     objective = OBJECTIVES[name]
     if setup["kind"] not in objective.kinds or setup["method"] not in objective.methods:
         raise StageError(f"{where}: objective: {name!r} trains a {' or '.join(objective.kinds)} with "
                          f"{', '.join(objective.methods)}, not a {setup['kind']} with {setup['method']}")
+    if name == "grpo":
+        from tunepipe.rewards import check_rewarded
+
+        check_rewarded(setup["metric"], where)
     unknown = sorted(set(train.get(name) or {}) - set(objective.settings))
     if unknown:
         raise StageError(f"{where}: train.{name}: unknown {', '.join(unknown)} (known: "

@@ -134,6 +134,9 @@ def experiment_items(setups: dict[str, dict], prefix: str) -> dict[str, dict[str
                    # (without one, a dep each stage has already stands in: DVC takes no empty item)
                    **{f"init_{stage}": at(prefix, f"models/trained/{s['init_from']}") if s.get("init_from")
                       else at(prefix, f"data/config/{name}/{stage}.json") for stage in ("train", "predict")},
+                   # GRPO's rewards: the experiment's metric module scores each completion
+                   "reward": f"metrics/{s['metric']}" if s.get("objective") == "grpo"
+                   else at(prefix, f"data/config/{name}/train.json"),
                    # a cascade's gate: another experiment's predictions on the same rows
                    "gate": at(prefix, f"data/predictions/{s['score']['gate']['experiment']}/after.jsonl")
                    if (s.get("score") or {}).get("gate") else at(prefix, f"data/config/{name}/score.json")}
@@ -157,11 +160,11 @@ def training_stages(items: dict[str, dict], merged: list[str], prefix: str) -> d
         "cmd": command("tokenize", "${key}", prefix),
         "deps": [*code_deps("stages.tokenize"), config_of("tokenize"), at(prefix, "data/converted/${item.dataset}"), base],
         "outs": [at(prefix, "data/tokenized/${key}"), {at(prefix, "reports/tokenize/${key}.json"): {"cache": False}}]}}
-    stages["train"] = {"foreach": pick(items, "dataset", "model", "accelerate", "init_train"), "do": {
+    stages["train"] = {"foreach": pick(items, "dataset", "model", "accelerate", "init_train", "reward"), "do": {
         "cmd": command("train", "${key}", prefix),
         "deps": [*code_deps("stages.train"), config_of("train"), at(prefix, "data/tokenized/${key}/train"),
                  at(prefix, "data/tokenized/${key}/validation"), at(prefix, "data/converted/${item.dataset}/labels.json"),
-                 base, "${item.accelerate}", "${item.init_train}"],
+                 base, "${item.accelerate}", "${item.init_train}", "${item.reward}"],
         "outs": [at(prefix, "models/trained/${key}"), {at(prefix, "reports/train/${key}/summary.json"): {"cache": False}}],
         "metrics": [{at(prefix, "reports/train/${key}/live/metrics.json"): {"cache": False}}],
         "plots": [{at(prefix, "reports/train/${key}/live/plots/metrics"): {"cache": False, "x": "step"}}]}}

@@ -25,27 +25,8 @@ from tunepipe.errors import StageError
 from tunepipe.files import read_jsonl
 from tunepipe.generation import batches, generate
 from tunepipe.loading import load_base, load_trained
+from tunepipe.references import answer_of, reference_for
 from tunepipe.splits import source_id
-
-
-def answer_of(record: dict[str, Any]) -> str:
-    if record["kind"] in ("preference", "unpaired"):  # the preferred (or desirable) answer is the reference
-        answer = record["chosen" if record["kind"] == "preference" else "completion"]
-        return answer if isinstance(answer, str) else answer[-1]["content"]
-    return record["messages"][-1]["content"] if record["kind"] == "chat" else record["output"]
-
-
-def reference_for(metric: str, record: dict[str, Any]) -> Any:
-    """What the experiment's metric compares a prediction with."""
-    if metric == "perplexity":  # the row's own tokens are what is scored: the text they come from
-        return record["text"] if record["kind"] == "text" else answer_of(record)
-    if metric == "rouge_any":
-        return record.get("references") or [answer_of(record)]  # DialogSum test rows have three
-    if metric == "label_match":
-        return record["label"]
-    if metric == "refusal":
-        return record["answers"]  # [] means the evidence does not answer: the right output is a refusal
-    return record["tags"]  # ner_seqeval
 
 
 def shown_input(record: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ experiment's model, so it is the reference too: SFT, then DPO against the SFT mo
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,18 @@ def objective_arguments(objective: str, params: dict[str, Any], decided: dict[st
     already cut to max_length, and rows are drawn as the objective needs (objectives.py: no single length to group by)."""
     if params.get("sampling") is None:
         declared["train_sampling_strategy"] = OBJECTIVES[objective].sampling
-    decided.update(gradient_checkpointing=decided["activation_checkpointing"], max_length=None)
-    return config_class(objective)(**{**decided, **declared, **(params.get(objective) or {})})
+    config = config_class(objective)
+    decided["gradient_checkpointing"] = decided["activation_checkpointing"]
+    if "max_length" in {field.name for field in dataclasses.fields(config)}:
+        decided["max_length"] = None
+    return config(**{**decided, **declared, **(params.get(objective) or {})})
 
 
 def reward_totals(history: list[dict[str, Any]]) -> dict[str, Any]:
     """A preference objective's first and last implicit rewards on validation (TRL's keys; none for SFT)."""
+    grpo = [entry for entry in history if "eval_reward" in entry]
+    if grpo:  # GRPO's mean reward over its validation completions
+        return {"first_eval_reward": round(grpo[0]["eval_reward"], 6), "final_eval_reward": round(grpo[-1]["eval_reward"], 6)}
     evals = [entry for entry in history if "eval_rewards/margins" in entry]
     if not evals:
         return {}
@@ -64,6 +71,8 @@ def build_preference_trainer(model, args, setup: dict[str, Any], tokenizer, trai
     import trl
 
     trainer_class = getattr(trl, OBJECTIVES[setup["objective"]].trainer)
+    if setup["objective"] == "grpo":
+        return grpo_trainer(trainer_class, model, args, setup, tokenizer, (train_rows, eval_rows), callbacks)
 
     class PreTokenized(trainer_class):
         def _prepare_dataset(self, dataset, processing_class, args, name):
@@ -77,6 +86,18 @@ def build_preference_trainer(model, args, setup: dict[str, Any], tokenizer, trai
 
     return PreTokenized(model=model, args=args, processing_class=tokenizer, train_dataset=train_rows,
                         eval_dataset=eval_rows, callbacks=callbacks)
+
+
+def grpo_trainer(trainer_class, model, args, setup: dict[str, Any], tokenizer, rows: tuple, callbacks: list):
+    """GRPO on the task's prompts, rewarded by the task's metric on each completion and a format reward."""
+    from tunepipe.rewards import reward_functions
+    from tunepipe.rollouts import as_trl_prompts
+
+    options = {k: v for k, v in setup["reward"]["score"].items() if k not in ("rule", "gate")}  # score's extra lines
+    rewards = reward_functions(setup["reward"]["metric"], options, args.max_completion_length, tokenizer.eos_token_id)
+    train_rows, eval_rows = (as_trl_prompts(r) if r is not None else None for r in rows)
+    return trainer_class(model=model, reward_funcs=rewards, args=args, processing_class=tokenizer,
+                         train_dataset=train_rows, eval_dataset=eval_rows, callbacks=callbacks)
 
 
 def mismatched_answers(rows: dict[str, list]) -> dict[str, list]:

@@ -105,6 +105,8 @@ def rewards_line(summary: dict[str, Any]) -> str:
     """A preference objective's validation rewards, first evaluation to last (empty for supervised training)."""
     parts = [f"reward {name} {summary[f'first_eval_reward_{key}']:.3f} → {summary[f'final_eval_reward_{key}']:.3f}"
              for key, name in (("accuracies", "accuracy"), ("margins", "margin")) if f"final_eval_reward_{key}" in summary]
+    if "final_eval_reward" in summary:  # GRPO's mean reward
+        parts.append(f"mean reward {summary['first_eval_reward']:.3f} → {summary['final_eval_reward']:.3f}")
     return "".join(f", validation {part}" for part in parts)
 
 

@@ -26,6 +26,7 @@ from tunepipe.errors import StageError
 from tunepipe.files import iter_jsonl, sha256_file
 from tunepipe.pairs import COLUMNS as PAIR_COLUMNS, UNPAIRED_COLUMNS, encode_pairs, encode_prompts, encode_unpaired, \
     objective_records
+from tunepipe.rollouts import COLUMNS as ROLLOUT_COLUMNS, encode_rollouts
 from tunepipe.splits import PART
 
 SPLITS = ("train", "validation", "test")
@@ -83,6 +84,8 @@ def encoder_for(setup: dict[str, Any], split: str):
     """The kind's encoder; a preference objective's rows are TRL's columns for training and validation, and
     causal rows to test."""
     objective = setup.get("objective")
+    if objective == "grpo":  # the task's own rows: prompts to sample from, and causal rows to test
+        return ENCODERS[setup["kind"]] if split == "test" else encode_rollouts
     if objective and split == "test":
         return encode_prompts
     return {"dpo": encode_pairs, "kto": encode_unpaired}.get(objective) or ENCODERS[setup["kind"]]
@@ -117,8 +120,11 @@ def text_pieces(record_id: str, row: dict[str, Any], size: int) -> Iterator[tupl
 def features_for(setup: dict[str, Any], tokenizer, split: str) -> Features:
     ids, kind = Sequence(Value("int32")), setup["kind"]
     if setup.get("objective") and split != "test":
-        columns = {name: ids for name in (PAIR_COLUMNS if setup["objective"] == "dpo" else UNPAIRED_COLUMNS)}
-        return Features({"id": Value("string"), **columns, **({"label": Value("bool")} if "label" in columns else {})})
+        columns = {name: ids for name in {"dpo": PAIR_COLUMNS, "kto": UNPAIRED_COLUMNS}.get(setup["objective"],
+                                                                                        ROLLOUT_COLUMNS)}
+        columns.update({name: Value("bool" if name == "label" else "string") for name in ("label", "prompt_json",
+                                                                                           "record_json") if name in columns})
+        return Features({"id": Value("string"), **columns})
     columns = {"id": Value("string"), "input_ids": ids,
                "labels": Value("int64") if kind == "sequence_head" else ids, "prompt_length": Value("int32")}
     if kind == "token_head":

@@ -27,10 +27,11 @@ from tunepipe.kinds import ADAPTER_METHODS
 from tunepipe.loading import attach_method, load_base
 from tunepipe.objectives import OBJECTIVES
 from tunepipe.pairs import COLUMNS as PAIR_COLUMNS, UNPAIRED_COLUMNS
+from tunepipe.rollouts import COLUMNS as ROLLOUT_COLUMNS
 from tunepipe.settings import train as train_settings
 
 # the columns a model (or TRL's preference collator) takes; ids and maps stay behind
-MODEL_INPUTS = ("input_ids", "labels", "token_type_ids", *PAIR_COLUMNS, *UNPAIRED_COLUMNS)
+MODEL_INPUTS = ("input_ids", "labels", "token_type_ids", *PAIR_COLUMNS, *UNPAIRED_COLUMNS, *ROLLOUT_COLUMNS)
 
 
 def launch_processes(experiment: str, params: dict[str, Any], resume: str | None) -> None:
@@ -196,8 +197,9 @@ def check_memory(model, params: dict[str, Any], args, rows: tuple, labels: list[
     from tunepipe.activations import kept_activations
 
     train_rows, eval_rows = rows
-    longest = max(row_lengths(train_rows))
-    eval_len = max(row_lengths(eval_rows), default=0) if eval_rows is not None else 0
+    completion = getattr(args, "max_completion_length", 0) or 0  # GRPO's completions
+    longest = max(row_lengths(train_rows, completion))
+    eval_len = max(row_lengths(eval_rows, completion), default=0) if eval_rows is not None else 0
     # a preference batch runs each pair's chosen and rejected answers side by side
     kind, batch = setup["kind"], int(params["batch_size"]) * (
         OBJECTIVES[setup["objective"]].sequences if setup.get("objective") else 1)
@@ -211,12 +213,14 @@ def check_memory(model, params: dict[str, Any], args, rows: tuple, labels: list[
                                              slack=memory.ALLOCATOR_SLACK[device()]), budget, where)
 
 
-def row_lengths(rows) -> list[int]:
-    """Each row's tokens: a pair's prompt and its longer answer."""
+def row_lengths(rows, completion: int = 0) -> list[int]:
+    """Each row's tokens: a pair's prompt and its longer answer; a GRPO prompt and `completion` more."""
     if "input_ids" in rows.column_names:
         return [len(ids) for ids in rows["input_ids"]]
     if "completion_ids" in rows.column_names:  # one answer marked desirable or not
         return [len(p) + len(c) for p, c in zip(rows["prompt_ids"], rows["completion_ids"])]
+    if "prompt_json" in rows.column_names:  # a prompt GRPO completes: room for the longest completion
+        return [len(p) + completion for p in rows["prompt_ids"]]
     return [len(p) + max(len(c), len(r)) for p, c, r in zip(*(rows[name] for name in PAIR_COLUMNS))]
 
 

@@ -21,7 +21,18 @@ LOGGED = {"loss": "train/loss", "eval_loss": "eval/loss", "eval_accuracy": "eval
           # margin, and how often the chosen one's is the higher
           **{f"{split}rewards/{name}": f"{'eval' if split else 'train'}/rewards/{name}"
              for split in ("", "eval_") for name in ("chosen", "rejected", "margins", "accuracies")},
-          "kl": "train/kl", "eval_kl": "eval/kl"}  # KTO's estimate of the policy's KL from the reference
+          "kl": "train/kl", "eval_kl": "eval/kl",  # the policy's KL from the reference (KTO's estimate, GRPO's)
+          "reward": "train/reward", "eval_reward": "eval/reward"}  # GRPO's mean reward over its completions
+
+
+def logged(entry: dict[str, Any]) -> dict[str, str]:
+    """The entry's keys DVCLive records, and their names: LOGGED's, and GRPO's mean of each reward function
+    (rewards/<name>/mean, which TRL names after the function)."""
+    names = {key: name for key, name in LOGGED.items() if key in entry}
+    for key in entry:
+        if key.startswith(("rewards/", "eval_rewards/")) and key.endswith("/mean"):
+            names[key] = f"{'eval' if key.startswith('eval_') else 'train'}/{key.removeprefix('eval_')[:-len('/mean')]}"
+    return names
 
 
 def _live(folder: Path, resume: bool):
@@ -34,9 +45,8 @@ def _live(folder: Path, resume: bool):
 
 def _log(live, entry: dict[str, Any]) -> None:
     live.step = int(entry["step"])
-    for key, name in LOGGED.items():
-        if key in entry:
-            live.log_metric(name, round(float(entry[key]), 6))
+    for key, name in logged(entry).items():
+        live.log_metric(name, round(float(entry[key]), 6))
     live.make_summary()
 
 
@@ -58,7 +68,7 @@ def write_curves(folder: Path, history: list[dict[str, Any]]) -> list[dict[str, 
     """Rewrite the folder from the Trainer's history; returns the training-loss entries."""
     live = _live(folder, resume=False)  # a fresh Live clears what the run wrote as it went
     for entry in history:
-        if any(key in entry for key in LOGGED):
+        if logged(entry):
             _log(live, entry)
     live.end()
     return [entry for entry in history if "loss" in entry]

@@ -180,4 +180,6 @@ def stage_settings(setup: dict[str, Any]) -> dict[str, dict[str, Any]]:
              for stage, keys in STAGE_KEYS.items()}
     if "merge" not in setup:
         del files["merge"]
+    if setup.get("objective") == "grpo":  # its rewards are the experiment's metric on each completion
+        files["train"]["reward"] = {"metric": setup["metric"], "score": setup.get("score") or {}}
     return files

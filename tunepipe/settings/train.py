@@ -75,6 +75,7 @@ class Train(Strict):
     # a preference objective's own settings: fields of its TRL config class (tunepipe/objectives.py lists them)
     dpo: Annotated[dict[str, Any] | None, Feeds()] = None
     kto: Annotated[dict[str, Any] | None, Feeds()] = None
+    grpo: Annotated[dict[str, Any] | None, Feeds()] = None
 
 
 def declarations() -> dict[str, Feeds]:
