@@ -58,6 +58,8 @@ def main(argv: list[str]):
     train_rows = training.split_rows(experiment, "train", params.get("max_train_rows"), setup["seed"])
     eval_rows = training.split_rows(experiment, "validation", params.get("max_eval_rows"), setup["seed"])
     tokenizer = load_tokenizer(base)
+    if setup.get("chat_template"):  # a GRPO run renders its prompts with the template tokenize used
+        tokenizer.chat_template = setup["chat_template"]
     budget = training.memory_budget(params)
     model, stored = training.build_model(setup, params, base, run, labels)
     cpu_bf16 = stored == "bfloat16" and run["device"] == "cpu"  # computes in the stored bf16, with no autocast

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from stages import tokenize as tokenize_stage
 from stages import train as train_stage
 from tests.test_chat_masks import smollm2  # noqa: F401  (a fixture: SmolLM2's own tokenizer)
 from tests.test_kinds import workspace
-from tests.workspace import edit, read_yaml, write_experiment, write_yaml
+from tests.workspace import edit, inside, read_yaml, write_experiment, write_yaml
 from tunepipe.errors import StageError
 from tunepipe.files import write_jsonl
 from tunepipe.objectives import OBJECTIVES
@@ -158,8 +159,9 @@ def test_kto_reads_each_pair_as_two_rows_and_learns_from_the_labels(tmp_path, mo
     for experiment in ("toy", name):
         tokenize_stage.main([experiment])
     rows = load_from_disk(f"data/tokenized/{name}/train")
-    assert rows.num_rows == 16 and rows["label"] == [True, False] * 8  # train-0#chosen, train-0#rejected, ...
-    assert rows["id"][:2] == ["train-0#chosen", "train-0#rejected"]
+    # as TRL unpairs them: the chosen answers, then the rejected ones (a row's KL neighbour is another prompt's)
+    assert rows.num_rows == 16 and rows["label"] == [True] * 8 + [False] * 8
+    assert rows["id"][:2] == ["train-0#chosen", "train-1#chosen"] and rows["id"][8] == "train-0#rejected"
     train_stage.main(["toy"])
     train_stage.main([name])
     summary = json.loads(Path(f"reports/train/{name}/summary.json").read_text())
@@ -193,17 +195,17 @@ def test_grpo_rewards_are_the_task_s_metric_on_each_completion_and_a_format_rewa
     def record(**fields) -> str:
         return json.dumps({"kind": "instruction", "instruction": "q", "input": "", "output": "-", **fields})
 
-    refusal_correct, answer_match, finished = reward_functions("refusal", {"refusal_phrases": ["无法回答"]}, 4, 2)
+    refusal_correct, answer_match, finished = reward_functions("refusal", {"refusal_phrases": ["无法回答"]}, 4, {2})
     completions = ["我无法回答。", "答案是北京。", "无法回答", "上海"]
     records = [record(answers=[]), record(answers=["北京"]), record(answers=["北京"]), record(answers=["北京"])]
     assert refusal_correct(None, completions, records) == [1.0, 1.0, 0.0, 1.0]
     assert answer_match(None, completions, records) == [0.0, 1.0, 0.0, 0.0]
     # finished: something said, and ended by the model (end-of-sequence 2) or short of the 4-token limit
     assert finished(None, ["a", "", "abcd", "abcd"], [[5], [2], [5, 6, 7, 8], [5, 6, 7, 2]]) == [1.0, 0.0, 0.0, 1.0]
-    label_match, _ = reward_functions("label_match", {"label_words": {"positive": ["bullish"]}}, 8, 2)
+    label_match, _ = reward_functions("label_match", {"label_words": {"positive": ["bullish"]}}, 8, {2})
     conversational = [[{"role": "assistant", "content": "Bullish."}], [{"role": "assistant", "content": "negative"}]]
     assert label_match(None, conversational, [record(label="positive"), record(label="positive")]) == [1.0, 0.0]
-    rouge_l, _ = reward_functions("rouge_any", {}, 8, 2)
+    rouge_l, _ = reward_functions("rouge_any", {}, 8, {2})
     assert rouge_l(None, ["they meet at noon", "no"], [record(output="they meet at noon")] * 2) == [1.0, 0.0]
 
 
@@ -228,3 +230,17 @@ def test_grpo_samples_the_task_s_prompts_and_logs_each_reward(tmp_path, monkeypa
     assert set(live["train"]["rewards"]) == {"rouge_l", "finished"} and "reward" in live["train"]
     summary = json.loads(Path(f"reports/train/{name}/summary.json").read_text())
     assert 0 <= summary["final_eval_reward"] <= 2 and summary["steps"] == 2
+
+
+def test_init_from_needs_an_experiment_of_the_profile_with_the_same_model_kind_method_and_4_bit_settings(tmp_path):
+    from tunepipe.plan import checked_setups
+
+    workspace(tmp_path, "llama", "causal_lm", "lora")
+    spec = read_yaml(tmp_path / "experiments/toy.yaml")
+    with inside(tmp_path):
+        for change, message in ((dict(init_from="nowhere"), "init_from 'nowhere' is not an experiment of this profile"),
+                                (dict(init_from="toy", method="qlora", qlora={"quant_type": "nf4"}),
+                                 "init_from: 'toy' trains method 'lora', this experiment 'qlora'")):
+            write_experiment(tmp_path, "dpo", {**spec, "dataset": "toy", "objective": "dpo", **change})
+            with pytest.raises(StageError, match=re.escape(f"experiments/dpo.yaml: {message}")):
+                checked_setups("")

@@ -82,11 +82,12 @@ def check_objective(setup: dict, where: str) -> None:
 
 def check_init_from(setup: dict, start: dict, where: str) -> None:
     """`init_from` names an experiment whose trained model this one can start from: the same base model,
-    kind and method (its adapter, or its whole weights, are what training continues)."""
+    kind, method and 4-bit settings (its adapter, or its whole weights, are what training continues: this
+    experiment's own train.lora is not used)."""
     name = setup["init_from"]
-    for key in ("model", "kind", "method"):
-        if start[key] != setup[key]:
-            raise StageError(f"{where}: init_from: '{name}' trains {key} {start[key]!r}, this experiment "
-                             f"{setup[key]!r}: training continues its weights, so they must agree")
+    for key in ("model", "kind", "method", "qlora"):
+        if start.get(key) != setup.get(key):
+            raise StageError(f"{where}: init_from: '{name}' trains {key} {start.get(key)!r}, this experiment "
+                             f"{setup.get(key)!r}: training continues its weights, so they must agree")
     if start.get("init_from") == setup["name"]:
         raise StageError(f"{where}: init_from: '{name}' starts from this experiment in turn (a cycle)")

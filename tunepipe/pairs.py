@@ -14,11 +14,13 @@ listed.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any, Iterable, Iterator
 
 from tunepipe.encoders import IGNORE, encode_causal
 
 COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+UNPAIR_BLOCK = 1000  # rows per batch of TRL's unpair_preference_dataset (datasets' map default)
 UNPAIRED_COLUMNS = ("prompt_ids", "completion_ids", "label")
 
 
@@ -75,19 +77,25 @@ def objective_records(records: Iterable[dict[str, Any]], objective: str, split: 
                       left_out: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """The records a preference objective trains and is scored on: for KTO, a pair as its two answers; on the
     test split, an unpaired answer that is desirable as the reference (an undesirable one left out, listed)."""
-    for record in records:
-        if split == "test" and record["kind"] == "unpaired":
-            if not record["label"]:
+    records = iter(records)
+    while chunk := list(itertools.islice(records, UNPAIR_BLOCK)):
+        if split != "test" and objective == "kto":
+            # as TRL unpairs a batch: its chosen answers, then its rejected ones, so that KTO's KL estimate (each
+            # row against its neighbour's answer) pairs answers of different prompts
+            yield from (r for r in chunk if r["kind"] != "preference")  # one answer each already
+            pairs = [r for r in chunk if r["kind"] == "preference"]
+            for side, label in (("chosen", True), ("rejected", False)):
+                yield from ({"id": f"{r['id']}#{side}", "kind": "unpaired", "prompt": r["prompt"],
+                             "completion": r[side], "label": label} for r in pairs)
+            continue
+        for record in chunk:
+            if split == "test" and record["kind"] == "unpaired" and not record["label"]:
                 left_out.append({"id": record["id"], "split": split,
                                  "reason": "an undesirable answer: no reference to score a prediction against"})
-                continue
-            yield {**record, "chosen": record["completion"]}
-        elif split != "test" and objective == "kto" and record["kind"] == "preference":
-            for side, label in (("chosen", True), ("rejected", False)):
-                yield {"id": f"{record['id']}#{side}", "kind": "unpaired", "prompt": record["prompt"],
-                       "completion": record[side], "label": label}
-        else:
-            yield record
+            elif split == "test" and record["kind"] == "unpaired":
+                yield {**record, "chosen": record["completion"]}
+            else:
+                yield record
 
 
 def encode_prompts(tokenizer, records: list[dict[str, Any]], params: dict[str, Any], labels: list[str]) -> list[dict]:

@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from tunepipe.errors import StageError
 from tunepipe.objectives import OBJECTIVES
 
 REFERENCE_ADAPTER = "ref"  # the name TRL gives the frozen copy of a PEFT model's starting adapter
@@ -41,15 +42,27 @@ def config_class(objective: str):
 
 def objective_arguments(objective: str, params: dict[str, Any], decided: dict[str, Any], declared: dict[str, Any]):
     """A preference objective's TRL config: the same arguments, its own settings (train.<objective>), and
-    what TRL would otherwise decide differently: its older checkpointing switch follows ours, rows are
-    already cut to max_length, and rows are drawn as the objective needs (objectives.py: no single length to group by)."""
+    what TRL would otherwise decide differently: its older checkpointing switch follows ours, rows past
+    max_length are already left out (listed by tokenize), and rows are drawn as the objective needs
+    (objectives.py: a pair has no single length to group by)."""
     if params.get("sampling") is None:
         declared["train_sampling_strategy"] = OBJECTIVES[objective].sampling
     config = config_class(objective)
     decided["gradient_checkpointing"] = decided["activation_checkpointing"]
     if "max_length" in {field.name for field in dataclasses.fields(config)}:
         decided["max_length"] = None
-    return config(**{**decided, **declared, **(params.get(objective) or {})})
+    arguments = config(**{**decided, **declared, **(params.get(objective) or {})})
+    block = getattr(arguments, "steps_per_generation", 1) * getattr(arguments, "num_iterations", 1)
+    if block > 1 and arguments.save_steps % block:  # TRL keeps a generation block's completions in memory only
+        raise StageError(f"train.checkpoint_steps: {arguments.save_steps} would checkpoint inside a block of {block} "
+                         "steps that share one generation, which a resumed run cannot restore: use a multiple of it")
+    return arguments
+
+
+def copies_reference(setup: dict[str, Any], args) -> bool:
+    """Whether TRL loads a second whole model as the reference: for full training (an adapter's reference is
+    a frozen copy of the adapter alone), except GRPO without its KL term (beta 0), which needs none."""
+    return setup["method"] == "full" and (setup["objective"] != "grpo" or getattr(args, "beta", 0) != 0)
 
 
 def reward_totals(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -68,8 +81,12 @@ def reward_totals(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 def build_preference_trainer(model, args, setup: dict[str, Any], tokenizer, train_rows, eval_rows, callbacks: list):
     """TRL's trainer for the objective, handed the tokenized rows as they are."""
+    import datasets
     import trl
 
+    # a map TRL runs (reference log-probabilities precomputed) writes its result beside the rows it reads,
+    # which would land in data/tokenized/, the tokenize stage's output: in memory instead
+    datasets.disable_caching()
     trainer_class = getattr(trl, OBJECTIVES[setup["objective"]].trainer)
     if setup["objective"] == "grpo":
         return grpo_trainer(trainer_class, model, args, setup, tokenizer, (train_rows, eval_rows), callbacks)
@@ -84,8 +101,22 @@ def build_preference_trainer(model, args, setup: dict[str, Any], tokenizer, trai
             return dataset.map(mismatched_answers, batched=True, batch_size=args.per_device_train_batch_size,
                                keep_in_memory=True)
 
-    return PreTokenized(model=model, args=args, processing_class=tokenizer, train_dataset=train_rows,
-                        eval_dataset=eval_rows, callbacks=callbacks)
+    return adapters_in_fp32(PreTokenized(model=model, args=args, processing_class=tokenizer, train_dataset=train_rows,
+                                         eval_dataset=eval_rows, callbacks=callbacks))
+
+
+def adapters_in_fp32(trainer):
+    """TRL casts a 4-bit model's adapters to bf16 once it has copied the reference adapter (in fp32). Every
+    adapter trains in fp32 here, so they go back to fp32, from that exact copy where there is one: the first
+    step's policy is then the reference, bit for bit."""
+    import torch
+
+    named = dict(trainer.model.named_parameters())
+    for name, parameter in named.items():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            copy = named.get(name.replace(".default.", ".ref."))
+            parameter.data = (copy if copy is not None and copy is not parameter else parameter).data.float().clone()
+    return trainer
 
 
 def grpo_trainer(trainer_class, model, args, setup: dict[str, Any], tokenizer, rows: tuple, callbacks: list):
@@ -94,10 +125,12 @@ def grpo_trainer(trainer_class, model, args, setup: dict[str, Any], tokenizer, r
     from tunepipe.rollouts import as_trl_prompts
 
     options = {k: v for k, v in setup["reward"]["score"].items() if k not in ("rule", "gate")}  # score's extra lines
-    rewards = reward_functions(setup["reward"]["metric"], options, args.max_completion_length, tokenizer.eos_token_id)
+    stops = model.generation_config.eos_token_id  # every token generation stops at (one id or several)
+    stops = {tokenizer.eos_token_id, *(stops if isinstance(stops, list) else [stops] if stops is not None else [])}
+    rewards = reward_functions(setup["reward"]["metric"], options, args.max_completion_length, stops)
     train_rows, eval_rows = (as_trl_prompts(r) if r is not None else None for r in rows)
-    return trainer_class(model=model, reward_funcs=rewards, args=args, processing_class=tokenizer,
-                         train_dataset=train_rows, eval_dataset=eval_rows, callbacks=callbacks)
+    return adapters_in_fp32(trainer_class(model=model, reward_funcs=rewards, args=args, processing_class=tokenizer,
+                                          train_dataset=train_rows, eval_dataset=eval_rows, callbacks=callbacks))
 
 
 def mismatched_answers(rows: dict[str, list]) -> dict[str, list]:

@@ -36,7 +36,7 @@ def check_rewarded(metric: str, where: str) -> None:
 
 def text_of(completion: Any) -> str:
     """A completion as TRL hands it: text, or the assistant's turn of a conversation."""
-    return completion if isinstance(completion, str) else completion[-1]["content"]
+    return completion if isinstance(completion, str) else completion[-1].get("content") or ""
 
 
 def metric_rewards(metric: str, options: dict[str, Any]) -> list[Callable]:
@@ -62,12 +62,13 @@ def metric_rewards(metric: str, options: dict[str, Any]) -> list[Callable]:
     return [reward(name, value) for name, value in PER_ROW[metric]]
 
 
-def finished_reward(limit: int, eos_id: int) -> Callable:
+def finished_reward(limit: int, stops: set[int]) -> Callable:
     def finished(prompts, completions, completion_ids, **unused) -> list[float]:
-        return [float(bool(text_of(c).strip()) and (len(ids) < limit or ids[-1] == eos_id))
+        # TRL cuts a completion after its first stop token: shorter than the limit, or ending on one
+        return [float(bool(text_of(c).strip()) and (len(ids) < limit or ids[-1] in stops))
                 for c, ids in zip(completions, completion_ids)]
     return finished
 
 
-def reward_functions(metric: str, options: dict[str, Any], limit: int, eos_id: int) -> list[Callable]:
-    return [*metric_rewards(metric, options), finished_reward(limit, eos_id)]
+def reward_functions(metric: str, options: dict[str, Any], limit: int, stops: set[int]) -> list[Callable]:
+    return [*metric_rewards(metric, options), finished_reward(limit, stops)]

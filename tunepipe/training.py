@@ -208,9 +208,14 @@ def check_memory(model, params: dict[str, Any], args, rows: tuple, labels: list[
     kept = kept_activations(model, kind, setup["method"], params, base, batch, longest, args.activation_checkpointing,
                             compute)
     half = args.bf16 or args.fp16 or stored != "float32"
-    return memory.check_fits(memory.estimate(model, batch, longest, args.optim, kept, outputs, eval_len,
-                                             logits_bytes=2 if half else 4,
-                                             slack=memory.ALLOCATOR_SLACK[device()]), budget, where)
+    parts = memory.estimate(model, batch, longest, args.optim, kept, outputs, eval_len, logits_bytes=2 if half else 4,
+                            slack=memory.ALLOCATOR_SLACK[device()])
+    if setup.get("objective"):
+        from tunepipe.preference_training import copies_reference
+
+        if copies_reference(setup, args):  # TRL loads a frozen copy of the whole model as the reference
+            parts["reference"] = parts["weights"]
+    return memory.check_fits(parts, budget, where)
 
 
 def row_lengths(rows, completion: int = 0) -> list[int]:

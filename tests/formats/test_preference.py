@@ -59,7 +59,9 @@ def test_bad_pairs_are_kept_with_their_reason(tmp_path):
         {"prompt": [*USER, *PARIS], "chosen": PARIS, "rejected": LYON},
         {"prompt": USER, "completion": PARIS, "label": "yes"},
         {"chosen": "Blue.", "rejected": "Green."},
-        {"prompt": "The sky is", "chosen": PARIS, "rejected": " green."}])
+        {"prompt": "The sky is", "chosen": PARIS, "rejected": " green."},
+        {"conversations": [{"from": "human", "value": "Weather?"}], "tools": '[{"name": "forecast"}]',
+         "chosen": {"from": "gpt", "value": "Sunny."}, "rejected": {"from": "gpt", "value": "No idea."}}])
     records, ledger = run(preference, tmp_path)
     assert records == []
     assert reasons(ledger) == {
@@ -70,8 +72,9 @@ def test_bad_pairs_are_kept_with_their_reason(tmp_path):
         "bad.jsonl:5": "prompt: the last turn must be the user's (the answers are in chosen and rejected)",
         "bad.jsonl:6": "label: 'yes' is not true or false (desirable or not)",
         "bad.jsonl:7": "chosen and rejected share no prompt (an implicit prompt is the text both start with)",
-        "bad.jsonl:8": "a text prompt takes text answers (a conversational prompt is a list of turns)"}
-    assert ledger.read == 8
+        "bad.jsonl:8": "a text prompt takes text answers (a conversational prompt is a list of turns)",
+        "bad.jsonl:9": "column 'tools' is not read: the prompt would lose the tools it offers the model"}
+    assert ledger.read == 9
 
 
 def test_chat_readers_refuse_what_they_would_otherwise_drop(tmp_path):

@@ -8,7 +8,7 @@ Each row may come in any of the shapes the peers write (JSON lines, a JSON array
   must be the same on both sides) or a whole text (the prompt is their common start, as TRL takes it);
   LLaMA-Factory v1's `chosen_messages` and `rejected_messages` are read the same way;
 - LLaMA-Factory's sharegpt: `conversations` ({from, value} turns ending with the human's) with `chosen` and
-  `rejected` as {from: gpt, value} turns (`system` and `tools` columns as its files have them);
+  `rejected` as {from: gpt, value} turns, and a `system` column (a `tools` column is not read);
 - LLaMA-Factory's alpaca: `instruction`, `input`, optional `system` and `history`, `chosen` and `rejected` text.
 Records: {kind: preference, prompt, chosen, rejected}, in TRL's standard or conversational shape. Rejected,
 with the reason: a side missing or empty, chosen the same as rejected, sides whose prompts differ, a prompt
@@ -133,6 +133,8 @@ def unpaired(row: dict[str, Any], opts: dict[str, Any], label: Any) -> dict[str,
 
 
 def to_record(row: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
+    if row.get("tools") not in (None, "", []):
+        raise ValueError("column 'tools' is not read: the prompt would lose the tools it offers the model")
     label = column(row, opts["columns"], "label")
     if label is not None:
         return unpaired(row, opts, label)

@@ -183,13 +183,14 @@ ROLES = ("system", "user", "assistant")
 # columns that change what a row means: a reader that does not read them refuses the row rather than drop them
 MEANINGFUL = {"label": "it marks the row's answer desirable or not (KTO data: format preference)",
               "chosen": "it makes the row a preference pair (format: preference)",
-              "rejected": "it makes the row a preference pair (format: preference)"}
+              "rejected": "it makes the row a preference pair (format: preference)",
+              "tools": "the prompt would lose the tools it offers the model (tool use is not supported)"}
 
 
 def unread_meaning(row: dict[str, Any], fmt: str) -> None:
     """Refuse a row with a column this format does not read but which says what the row is."""
     for name, meaning in MEANINGFUL.items():
-        if row.get(name) is not None:
+        if row.get(name) not in (None, "", []):  # LLaMA-Factory writes an empty `tools` where there are none
             raise ValueError(f"column {name!r} is not read by format {fmt}, and {meaning}")
 
 

@@ -182,4 +182,6 @@ def stage_settings(setup: dict[str, Any]) -> dict[str, dict[str, Any]]:
         del files["merge"]
     if setup.get("objective") == "grpo":  # its rewards are the experiment's metric on each completion
         files["train"]["reward"] = {"metric": setup["metric"], "score": setup.get("score") or {}}
+        # GRPO renders its prompts as it samples: with the chat template tokenize rendered them with
+        files["train"]["chat_template"] = (setup.get("tokenize") or {}).get("chat_template")
     return files
