@@ -94,12 +94,18 @@ def preference_workspace(root: Path, start_from_sft: bool, objective: str = "dpo
     return write_experiment(root, objective, spec)
 
 
-def test_dpo_learns_the_preference_and_its_reference_is_the_model_it_starts_from(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    name = preference_workspace(tmp_path, start_from_sft=True)
+def after_sft(root: Path, objective: str = "dpo") -> str:
+    """The workspace with both experiments tokenized and the SFT one trained: the preference run's start."""
+    name = preference_workspace(root, start_from_sft=True, objective=objective)
     for experiment in ("toy", name):
         tokenize_stage.main([experiment])
     train_stage.main(["toy"])
+    return name
+
+
+def test_dpo_learns_the_preference_and_its_reference_is_the_model_it_starts_from(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = after_sft(tmp_path)
     dpo = train_stage.main([name])
     summary = json.loads(Path(f"reports/train/{name}/summary.json").read_text())
     # step 1's loss is -log sigmoid(0) = log 2 exactly when the reference is the model training starts from
@@ -133,10 +139,7 @@ def test_the_reference_is_init_from_s_sft_model_and_not_the_raw_base(tmp_path, m
     from tunepipe.settings import load_experiment
 
     monkeypatch.chdir(tmp_path)
-    name = preference_workspace(tmp_path, start_from_sft=True)
-    for experiment in ("toy", name):
-        tokenize_stage.main([experiment])
-    train_stage.main(["toy"])
+    name = after_sft(tmp_path)
     setup = load_experiment(name, "train")
     params, base = setup.pop("train"), Path("models/base/tiny")
     rows = load_from_disk(f"data/tokenized/{name}/train").remove_columns("id")
@@ -155,14 +158,11 @@ def test_kto_reads_each_pair_as_two_rows_and_learns_from_the_labels(tmp_path, mo
     from datasets import load_from_disk
 
     monkeypatch.chdir(tmp_path)
-    name = preference_workspace(tmp_path, start_from_sft=True, objective="kto")
-    for experiment in ("toy", name):
-        tokenize_stage.main([experiment])
+    name = after_sft(tmp_path, objective="kto")
     rows = load_from_disk(f"data/tokenized/{name}/train")
     # as TRL unpairs them: the chosen answers, then the rejected ones (a row's KL neighbour is another prompt's)
     assert rows.num_rows == 16 and rows["label"] == [True] * 8 + [False] * 8
     assert rows["id"][:2] == ["train-0#chosen", "train-1#chosen"] and rows["id"][8] == "train-0#rejected"
-    train_stage.main(["toy"])
     train_stage.main([name])
     summary = json.loads(Path(f"reports/train/{name}/summary.json").read_text())
     # KTO's loss starts at 1 - sigmoid(0) = 0.5 exactly when the reference is the model training starts from
