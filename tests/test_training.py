@@ -51,16 +51,15 @@ def test_curves_go_through_dvclive_with_validation_loss_and_same_bytes_every_run
 
 
 PEAK_PROBE = """
-import json, sys, threading, time
+import json, sys
 from pathlib import Path
 import torch
 from tunepipe import memory
 from tunepipe.activations import kept_activations
 from tunepipe.loading import attach_method, load_base
 
-def allocated():  # memory the process allocated (not the file pages it maps), in bytes
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("RssAnon:"))
-    return int(line.split()[1]) * 1024
+def status(key: str) -> int:  # a /proc/self/status figure, in bytes
+    return int(next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key)).split()[1]) * 1024
 
 folder, batch, attention = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 torch.set_num_threads(1)
@@ -71,18 +70,13 @@ lora = {"lora": {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": "all-lin
 model = attach_method(base, "causal_lm", "lora", lora, folder).train()
 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 ids = torch.randint(0, model.config.vocab_size, (batch, 256))
-peak, running = [0], [True]
-def sample():
-    while running[0]:
-        peak[0] = max(peak[0], allocated())
-        time.sleep(0.002)
-start = allocated()
-sampler = threading.Thread(target=sample)
-sampler.start()
+# the kernel's own high-water mark of resident memory, reset here ("5": Linux's peak-RSS reset), so the
+# step's peak is read exactly: a sampling thread could miss a short one (eager attention's scores) under load
+Path("/proc/self/clear_refs").write_text("5")
+start = status("VmRSS:")
 model(input_ids=ids, labels=ids).loss.backward()
 optimizer.step()
-running[0] = False
-sampler.join()
+peak = [status("VmHWM:")]
 print(json.dumps({"measured": peak[0] - start,
                   "estimated": memory.estimate(model, batch, 256, "adamw_torch", kept_activations(
                       model, "causal_lm", "lora", lora, folder, batch, 256, False),
