@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunepipe.ledger import Ledger
-from tunepipe.formats.rows import Seen, checked_messages, column, iter_rows, record_id, unread_meaning, text_of
+from tunepipe.formats.rows import checked_messages, column, records_of, text_of, unread_meaning
 
 OPTIONS = {"columns": {}}
 FIELDS = ("instruction", "input", "output", "system", "history", "id")
@@ -42,17 +42,9 @@ def to_record(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
 
 def read(raw_dir: Path, options: dict[str, Any], ledger: Ledger) -> Iterator[dict[str, Any]]:
     columns = {**OPTIONS["columns"], **(options.get("columns") or {})}
-    seen = Seen(ledger)
-    for where, row, split in iter_rows(raw_dir, ledger):
-        try:
-            unread_meaning(row, "alpaca")
-            record = to_record(row, columns)
-        except ValueError as err:
-            ledger.reject(where, str(err), row)
-            continue
-        record["id"], own = record_id(row, columns, record)
-        if not seen.new(record["id"], where, row, own):
-            continue
-        if split:
-            record["split"] = split
-        yield record
+
+    def checked(row: dict[str, Any]) -> dict[str, Any]:
+        unread_meaning(row, "alpaca")
+        return to_record(row, columns)
+
+    return records_of(raw_dir, ledger, columns, checked)

@@ -11,21 +11,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunepipe.ledger import Ledger
-from tunepipe.formats.rows import Seen, checked_messages, column, iter_rows, record_id, unread_meaning
+from tunepipe.formats.rows import checked_messages, column, records_of, unread_meaning
 
 OPTIONS = {"columns": {}}
 
 
 def read(raw_dir: Path, options: dict[str, Any], ledger: Ledger) -> Iterator[dict[str, Any]]:
     columns = options.get("columns") or {}
-    seen = Seen(ledger)
-    for where, row, split in iter_rows(raw_dir, ledger):
-        try:
-            unread_meaning(row, "messages")
-            record = {"kind": "chat", "messages": checked_messages(column(row, columns, "messages"))}
-        except ValueError as err:
-            ledger.reject(where, str(err), row)
-            continue
-        record["id"], own = record_id(row, columns, record)
-        if seen.new(record["id"], where, row, own):
-            yield {**record, **({"split": split} if split else {})}
+
+    def to_record(row: dict[str, Any]) -> dict[str, Any]:
+        unread_meaning(row, "messages")
+        return {"kind": "chat", "messages": checked_messages(column(row, columns, "messages"))}
+
+    return records_of(raw_dir, ledger, columns, to_record)

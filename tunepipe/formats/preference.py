@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from tunepipe.formats.rows import Seen, checked_messages, column, content_id, iter_rows, record_id, text_of
+from tunepipe.formats.rows import checked_messages, column, content_id, records_of, text_of
 from tunepipe.formats.sharegpt import ROLES
 from tunepipe.ledger import Ledger
 
@@ -146,13 +146,4 @@ def to_record(row: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
 
 def read(raw_dir: Path, options: dict[str, Any], ledger: Ledger) -> Iterator[dict[str, Any]]:
     opts = {**OPTIONS, **{k: v for k, v in options.items() if v is not None}}
-    seen = Seen(ledger)
-    for where, row, split in iter_rows(raw_dir, ledger):
-        try:
-            record = to_record(row, opts)
-        except ValueError as err:
-            ledger.reject(where, str(err), row)
-            continue
-        record["id"], own = record_id(row, opts["columns"], record)
-        if seen.new(record["id"], where, row, own):
-            yield {**record, **({"split": split} if split else {})}
+    return records_of(raw_dir, ledger, opts["columns"], lambda row: to_record(row, opts))

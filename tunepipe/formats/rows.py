@@ -161,6 +161,21 @@ class Seen:
         return True
 
 
+def records_of(raw_dir: Path, ledger: Ledger, columns: dict[str, str], to_record) -> Iterator[dict[str, Any]]:
+    """Every row through `to_record` (which raises ValueError with the reason for a bad one, then kept in the
+    rejects), with its id and the split its file's name says; repeats dropped."""
+    seen = Seen(ledger)
+    for where, row, split in iter_rows(raw_dir, ledger):
+        try:
+            record = to_record(row)
+        except ValueError as err:
+            ledger.reject(where, str(err), row)
+            continue
+        record["id"], own = record_id(row, columns, record)
+        if seen.new(record["id"], where, row, own):
+            yield {**record, **({"split": split} if split else {})}
+
+
 def record_id(row: dict[str, Any], columns: dict[str, str], record: dict[str, Any]) -> tuple[str, bool]:
     """(id, whether it is the file's own): an `id` column's value, else a hash of the record's content."""
     own = column(row, columns, "id")

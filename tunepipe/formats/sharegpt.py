@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunepipe.ledger import Ledger
-from tunepipe.formats.rows import Seen, checked_messages, column, iter_rows, record_id, unread_meaning
+from tunepipe.formats.rows import checked_messages, column, records_of, unread_meaning
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
          "bard": "assistant", "model": "assistant", "system": "system"}
@@ -45,14 +45,9 @@ def to_messages(row: dict[str, Any], opts: dict[str, Any]) -> list[dict[str, str
 def read(raw_dir: Path, options: dict[str, Any], ledger: Ledger) -> Iterator[dict[str, Any]]:
     opts = {**OPTIONS, **{k: v for k, v in options.items() if v is not None}}
     opts["columns"] = {**OPTIONS["columns"], **(options.get("columns") or {})}
-    seen = Seen(ledger)
-    for where, row, split in iter_rows(raw_dir, ledger):
-        try:
-            unread_meaning(row, "sharegpt")
-            record = {"kind": "chat", "messages": to_messages(row, opts)}
-        except ValueError as err:
-            ledger.reject(where, str(err), row)
-            continue
-        record["id"], own = record_id(row, opts["columns"], record)
-        if seen.new(record["id"], where, row, own):
-            yield {**record, **({"split": split} if split else {})}
+
+    def to_record(row: dict[str, Any]) -> dict[str, Any]:
+        unread_meaning(row, "sharegpt")
+        return {"kind": "chat", "messages": to_messages(row, opts)}
+
+    return records_of(raw_dir, ledger, opts["columns"], to_record)
