@@ -14,6 +14,10 @@ missing and pulls it from the remote or re-runs the stage. Objects already check
 (same size, mtime and inode) are not hashed again, so a no-op run stays fast; `--full` hashes everything
 (damage that kept a file's size and mtime).
 
+A stage killed in the middle of an atomic write leaves its hidden temporary (`.<output>.tmp-<pid>-...`); if
+DVC then restores that output from its run cache the stage never runs to clear it, so those whose process is
+gone are removed here too.
+
     python -m flows.cache_check [--full]   # repair the lock file; report and move aside damaged objects
 """
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,6 +37,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.dvc_cli import dvc
+from tunepipe.files import process_alive
 
 STATE = Path(".dvc/tmp/tunepipe-verified.json")  # path -> [size, mtime_ns, inode] of objects found intact
 
@@ -97,6 +103,8 @@ def verify_cache(repo: str) -> list[str]:
     repaired = repair_rwlock(repo)
     if repaired:
         get_run_logger().warning(repaired)
+    for orphan in sweep_orphaned_temporaries(repo):
+        get_run_logger().warning(f"removed {orphan}: the temporary of a write whose process was killed")
     damaged = check_cache(repo)
     for line in damaged:
         get_run_logger().warning(line)
@@ -115,6 +123,23 @@ def other_dvc_processes(repo: Path) -> list[int]:
         except (psutil.Error, OSError):  # gone, or not ours to inspect
             continue
     return found
+
+
+def sweep_orphaned_temporaries(root: Path | str) -> list[Path]:
+    """Remove every temporary of an atomic write (tunepipe.files.temporary_prefix names it
+    `.<output>.tmp-<pid>-...`) whose writer process is gone; returns those removed. Hidden folders (.git, .dvc,
+    .venv) are not entered: no output lives there. A live writer's temporary is left be."""
+    removed = []
+    for folder, subfolders, files in os.walk(root):
+        here = Path(folder)
+        for name in [*subfolders, *files]:
+            pid = name.rsplit(".tmp-", 1)[-1].split("-", 1)[0] if name.startswith(".") and ".tmp-" in name else ""
+            if pid.isdigit() and not process_alive(int(pid)):
+                stale = here / name
+                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+                removed.append(stale)
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+    return removed
 
 
 def repair_rwlock(repo: str) -> str | None:
@@ -146,6 +171,8 @@ def main() -> None:
     repaired = repair_rwlock(".")
     if repaired:
         print(repaired)
+    for orphan in sweep_orphaned_temporaries("."):
+        print(f"removed {orphan}: the temporary of a write whose process was killed")
     damaged = check_cache(".", args.full)
     for line in damaged:
         print(f"error: {line}", file=sys.stderr)

@@ -97,6 +97,28 @@ def test_a_writer_killed_outright_leaves_no_output_and_the_next_write_clears_its
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "model.json", "weights"]
 
 
+def test_the_sweep_removes_a_killed_writers_temporaries_anywhere_but_not_a_live_ones(tmp_path):
+    """What the flow runs first: a killed stage whose output DVC restores from its run cache never writes that
+    output again, so no next write would clear its temporaries."""
+    import subprocess
+    import sys
+
+    from flows.cache_check import sweep_orphaned_temporaries
+
+    nested = tmp_path / "data/raw"
+    nested.mkdir(parents=True)
+    assert subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(nested)]).returncode == -9
+    live = nested / ".model.json.tmp-1-x"  # pid 1 is alive
+    live.write_text("")
+    hidden = tmp_path / ".venv/lib/.x.tmp-999999999-y"  # never entered: no output lives in a hidden folder
+    hidden.parent.mkdir(parents=True)
+    hidden.write_text("")
+    removed = sweep_orphaned_temporaries(tmp_path)
+    assert sorted(p.name.split(".tmp-")[0] for p in removed) == [".model.json", ".weights"]
+    assert sorted(p.name for p in nested.iterdir()) == [live.name] and hidden.exists()
+    assert sweep_orphaned_temporaries(tmp_path) == []
+
+
 def test_missing_params_entry_names_file_and_key(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("train:\n  dialogsum: {epochs: 1}\n")

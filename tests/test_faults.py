@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.cache_check import repair_rwlock
+from flows.cache_check import repair_rwlock, sweep_orphaned_temporaries
 from tests.test_resume import ENV, make_repo, plan
 from tests.workspace import edit
 
@@ -132,6 +132,9 @@ def test_a_stage_killed_at_a_random_point_reruns_to_the_same_bytes(reference, st
     # DVC rewrites .dvc/tmp/rwlock in place: killed in that moment it leaves it empty and every dvc command
     # fails until it is repaired, which the pipeline flow does first (python -m flows.cache_check by hand)
     repair_rwlock(str(root))  # (test_a_half_written_dvc_lock_file_is_repaired_only_when_no_dvc_runs tests it)
+    # a kill mid-write leaves the write's temporary; DVC may restore the output from its run cache without
+    # running the stage that would clear it, so the flow sweeps orphans first (python -m flows.cache_check)
+    sweep_orphaned_temporaries(root)
     # no partial output: `--force` had DVC remove the stage's outputs first, so each cached output the kill
     # left is one the stage finished writing (atomically, by rename), and it must be complete. A random kill
     # may come before any output exists, so this may check nothing: a kill in the middle of a write, every
