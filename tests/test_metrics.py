@@ -311,6 +311,24 @@ def test_refusal_scores_on_chinese_rows(refusal):
     }
 
 
+def test_refusal_recall_per_kind_counts_only_that_kind_s_refusal_rows(refusal):
+    predictions = ["无法回答", "长江", "无法回答", "无法回答", "黄河", "长江"]
+    references = [[], [], [], [], [], ["长江"]]
+    kinds = ["swap", "swap", "hard_negative", "given", "hard_negative", None]  # answerable rows: any kind
+    # swap: rows 0, 1, refused 0 (1/2); hard_negative: rows 2, 4, refused 2 (1/2); given: row 3, refused (1/1)
+    scores = refusal.compute(predictions=predictions, references=references, refusal_phrases=CHINESE_REFUSALS,
+                             kinds=kinds)
+    assert {k: v for k, v in scores.items() if k.endswith(("_swap", "_hard_negative", "_given"))} == {
+        "refusal_recall_given": 100.0, "refusal_recall_hard_negative": 50.0, "refusal_recall_swap": 50.0,
+        "should_refuse_given": 1, "should_refuse_hard_negative": 2, "should_refuse_swap": 2}
+    assert scores["refusal_recall"] == 60.0  # 3 of 5 overall, unchanged by kinds
+    with pytest.raises(ValueError, match="row 1 should be refused but its kind is None"):
+        refusal.compute(predictions=["x", "y"], references=[["x"], []], refusal_phrases=CHINESE_REFUSALS,
+                        kinds=["swap", None])
+    with pytest.raises(ValueError, match="kinds has 1 entries for 2 predictions"):
+        refusal.compute(predictions=["x", "y"], references=[[], []], refusal_phrases=CHINESE_REFUSALS, kinds=["a"])
+
+
 def test_refusal_zero_denominators_give_zero_and_the_counts_show_why(refusal):
     # nothing refused and nothing should refuse: precision 0/0, recall 0/0; 1 of 2 answers match
     scores = refusal.compute(

@@ -13,6 +13,7 @@ import torch
 
 from stages import tokenize as tokenize_stage
 from stages import train as train_stage
+from tests.conftest import REPO
 from tests.test_chat_masks import smollm2  # noqa: F401  (a fixture: SmolLM2's own tokenizer)
 from tests.test_kinds import workspace
 from tests.workspace import edit, inside, read_yaml, write_experiment, write_yaml
@@ -58,12 +59,23 @@ def test_an_objective_that_does_not_fit_fails_naming_the_file_and_key(tmp_path, 
         resolve("toy", tmp_path)
 
 
-@pytest.mark.parametrize("shape", ["conversational", "standard"])
+def webqa_pairs() -> list[dict]:
+    """The WebQA sample's rows as the converter writes them for DPO: answers over refusals and back, Chinese."""
+    from tunepipe.formats.webqa import read
+    from tunepipe.ledger import Ledger
+
+    rows = list(read(REPO / "data/samples/webqa", {"rows": "preference", "answerable_ratio": 1.0,
+                                                   "hard_negatives": "auto", "synthesize_refusals": "auto"}, Ledger("t")))
+    return [next(r for r in rows if r["refusal_kind"] == kind) for kind in (None, "given", "swap", "hard_negative")]
+
+
+@pytest.mark.parametrize("shape", ["conversational", "standard", "webqa"])
 def test_tokenized_pairs_equal_trl_s_own_processing_on_smollm2(smollm2, shape):  # noqa: F811
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     rows = PAIRS[:4] if shape == "conversational" else [
+        {k: row[k] for k in ("prompt", "chosen", "rejected")} for row in webqa_pairs()] if shape == "webqa" else [
         {"prompt": f"Question: is {n} even?\nAnswer:", "chosen": " yes", "rejected": " no, it is odd"} for n in range(4)]
     rows.append({**rows[0], "prompt": rows[0]["prompt"] * 2})  # a longer prompt, the same answers
     # TRL's own preparation, called on its own (it reads nothing of the trainer but the tokenizer)

@@ -81,8 +81,9 @@ def test_real_profile_reads_the_real_releases_and_scores_every_test_row():
     with inside(REPO / "profiles/real"):
         names = sorted(p.stem for p in Path("experiments").glob("*.yaml"))
         setups = [resolve(name) for name in names]
-    assert names == ["dialogsum-lora", "jnlpba-full", "mrpc-head", "phrasebank-head", "phrasebank-lora", "webqa-gate",
-                     "webqa-lora"]  # the six of the issue, and WebQA's answerable-or-not decision on its own
+    # the six of the issue, WebQA's answerable-or-not decision (MiniLM, Gemma) on its own, its DPO after its SFT
+    assert names == ["dialogsum-lora", "jnlpba-full", "mrpc-head", "phrasebank-head", "phrasebank-lora", "webqa-dpo",
+                     "webqa-gate", "webqa-gemma-gate", "webqa-lora"]
     assert all(setup["predict"].get("max_rows") is None for setup in setups)
 
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from stages import predict as predict_stage
 from tunepipe.prediction import classify
+from stages import config as config_stage
 from stages import score as score_stage
+from tunepipe.errors import StageError
 from tunepipe.files import write_json, write_jsonl
 from tests.test_kinds import workspace
 from tests.workspace import edit, inside, write_experiment, write_yaml
@@ -63,6 +66,29 @@ def test_the_rule_and_the_cascade_are_scored_on_the_same_rows(tmp_path, monkeypa
     assert scores["cascade"]["answer_match"] == 100.0
 
 
+def test_each_line_reports_refusal_recall_per_kind_of_the_test_rows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = webqa_workspace(tmp_path, gate=True)
+    kinds = {"a1": None, "a2": None, "r1": "swap", "r2": "hard_negative"}
+    test = Path("data/converted/qa/test.jsonl")
+    write_jsonl(test, [{**json.loads(line), "refusal_kind": kinds[json.loads(line)["id"]]}
+                       for line in test.read_text().splitlines()])
+    edit(Path(f"experiments/{name}.yaml"), "score.kind_field", "refusal_kind")
+    config_stage.main([name])
+    score_stage.main([name])
+    scores = json.loads(Path("reports/metrics/qa.json").read_text())
+    # the generator answers r1 (a swap) and refuses r2 (a hard negative); the rule and the gate refuse both
+    per_kind = {line: (scores[line]["refusal_recall_swap"], scores[line]["refusal_recall_hard_negative"])
+                for line in ("before", "after", "rule", "cascade")}
+    assert per_kind == {"before": (0.0, 0.0), "after": (0.0, 100.0), "rule": (100.0, 100.0),
+                        "cascade": (100.0, 100.0)}
+    assert scores["gain"]["refusal_recall_hard_negative"] == 100.0
+    edit(Path(f"experiments/{name}.yaml"), "score.kind_field", "kind_of_row")
+    config_stage.main([name])
+    with pytest.raises(StageError, match=r"score.kind_field: test row a1 has no field 'kind_of_row'"):
+        score_stage.main([name])
+
+
 def test_the_cascade_answers_where_the_gate_lets_a_row_through_and_the_generator_alone_is_unchanged(
         tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -80,7 +106,6 @@ def test_rows_that_open_with_a_refusal_are_answered_again_without_its_first_toke
     monkeypatch.chdir(tmp_path)
     # the tiny GPT-Neo's greedy answers are varied text
     name = workspace(tmp_path, "gpt_neo", "causal_lm", "lora")
-    from stages import config as config_stage
     from stages import tokenize as tokenize_stage
 
     tokenize_stage.main([name])

@@ -124,10 +124,9 @@ def grpo_trainer(trainer_class, model, args, setup: dict[str, Any], tokenizer, r
     from tunepipe.rewards import reward_functions
     from tunepipe.rollouts import as_trl_prompts
 
-    options = {k: v for k, v in setup["reward"]["score"].items() if k not in ("rule", "gate")}  # score's extra lines
     stops = model.generation_config.eos_token_id  # every token generation stops at (one id or several)
     stops = {tokenizer.eos_token_id, *(stops if isinstance(stops, list) else [stops] if stops is not None else [])}
-    rewards = reward_functions(setup["reward"]["metric"], options, args.max_completion_length, stops)
+    rewards = reward_functions(setup["reward"]["metric"], setup["reward"]["score"], args.max_completion_length, stops)
     train_rows, eval_rows = (as_trl_prompts(r) if r is not None else None for r in rows)
     return adapters_in_fp32(trainer_class(model=model, reward_funcs=rewards, args=args, processing_class=tokenizer,
                                           train_dataset=train_rows, eval_dataset=eval_rows, callbacks=callbacks))

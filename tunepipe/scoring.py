@@ -9,6 +9,8 @@ Each module's docstring defines its numbers.
   whether to refuse, so its answer match is left out).
 - `gate`: a cascade: where the experiment named in `gate.experiment` (an answerable-or-not classifier of
   the same rows) predicts `gate.refuse`, the answer is the refusal `reply`; elsewhere, this model's.
+- `kind_field`: the test rows' field that names each row's kind (WebQA's `refusal_kind`: given, swap,
+  hard_negative); every line passes it to the metric as `kinds`, which reports its recall per kind.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from tunepipe.files import read_jsonl
 from tunepipe.layout import METRICS_DIR
 from tunepipe.settings import where as setting
 
+LINE_OPTIONS = ("rule", "gate", "kind_field")  # the score stage's own options; the rest are the metric's
 
 def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
     if not path.exists():
@@ -55,9 +58,27 @@ def overlap_rule(records: dict[str, dict[str, Any]], ids: list[str], threshold: 
     return answers
 
 
-def extra_lines(experiment: str, setup: dict, options: dict, after: dict, ids: list[str], metric) -> dict:
+def test_records(setup: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["id"]: r for r in read_jsonl(Path("data/converted") / setup["dataset"] / "test.jsonl")}
+
+
+def with_kinds(experiment: str, setup: dict, options: dict, ids: list[str]) -> dict[str, Any]:
+    """The metric's options, with each row's kind where `kind_field` names the test rows' field holding it."""
+    options = dict(options)
+    field = options.pop("kind_field", None)
+    if field is None:
+        return options
+    records = test_records(setup)
+    unknown = next((i for i in ids if field not in records[i]), None)
+    if unknown is not None:
+        raise StageError(f"{setting(experiment, 'score')}.kind_field: test row {unknown} has no field {field!r}")
+    return {**options, "kinds": [records[i][field] for i in ids]}
+
+
+def extra_lines(experiment: str, setup: dict, lines_asked: dict, options: dict, after: dict, ids: list[str],
+                metric) -> dict:
     """The rule's and the cascade's scores, as the metric gives them on the same rows."""
-    rule, gate = options.pop("rule", None), options.pop("gate", None)
+    rule, gate = lines_asked.get("rule"), lines_asked.get("gate")
     if not rule and not gate:
         return {}
     reply = (options.get("refusal_phrases") or [None])[0]
@@ -65,8 +86,7 @@ def extra_lines(experiment: str, setup: dict, options: dict, after: dict, ids: l
         raise StageError(f"{setting(experiment, 'score')}: rule and gate answer with the first of refusal_phrases")
     lines = {}
     if rule:
-        records = {r["id"]: r for r in read_jsonl(Path("data/converted") / setup["dataset"] / "test.jsonl")}
-        made = overlap_rule(records, ids, float(rule["overlap_below"]), reply)
+        made = overlap_rule(test_records(setup), ids, float(rule["overlap_below"]), reply)
         rows = [{"prediction": made[i], "reference": after[i]["reference"]} for i in ids]
         scored = score_rows(metric, rows, options)
         lines["rule"] = {k: v for k, v in scored.items() if k not in ("answer_match", "answerable_not_refused")}
@@ -89,8 +109,10 @@ def score_both(experiment: str, setup: dict[str, Any], options: dict[str, Any], 
 
     metric = evaluate.load(str(METRICS_DIR / setup["metric"]))
     ids = sorted(before)
+    lines_asked = {line: options[line] for line in ("rule", "gate") if options.get(line)}
+    options = with_kinds(experiment, setup, {k: v for k, v in options.items() if k not in ("rule", "gate")}, ids)
     try:
-        extra = extra_lines(experiment, setup, options, after, ids, metric)
+        extra = extra_lines(experiment, setup, lines_asked, options, after, ids, metric)
         scores = {which: score_rows(metric, [rows[i] for i in ids], options)
                   for which, rows in (("before", before), ("after", after))}
     except (TypeError, ValueError) as err:  # an option the metric does not take, or a bad value for one

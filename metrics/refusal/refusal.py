@@ -13,6 +13,9 @@ How every number is defined:
 - over_refusal_rate = refused rows that have an answer / rows that have an answer.
 - answer_match = answerable rows NOT refused whose normalised prediction contains any normalised acceptable
   answer / answerable rows not refused.
+- With `kinds` (one per row: the kind of evidence a refusal row holds, e.g. given, swap, hard_negative;
+  anything for answerable rows), refusal_recall_<kind> = refused rows of that kind / rows of that kind that
+  should refuse, with the count should_refuse_<kind>, for each kind among the rows that should refuse.
 - Each is a percentage rounded to 2 decimals, and 0.0 when its denominator is 0; the counts rows,
   should_refuse, refused and answerable_not_refused are returned so a reader can tell a true 0.0 from an
   empty denominator.
@@ -36,6 +39,7 @@ Args:
     predictions: list of generated answers.
     references: list of lists of acceptable answers; an empty list means the right output is a refusal.
     refusal_phrases: non-empty list of phrases that mark a refusal.
+    kinds (optional): one string per row naming the kind of a refusal row's evidence.
 Returns:
     refusal_precision, refusal_recall, over_refusal_rate, answer_match: percentages rounded to 2 decimals;
     rows, should_refuse, refused, answerable_not_refused: counts.
@@ -78,11 +82,14 @@ class Refusal(evaluate.Metric):
             ),
         )
 
-    def _compute(self, predictions, references, refusal_phrases=None):
+    def _compute(self, predictions, references, refusal_phrases=None, kinds=None):
         if not refusal_phrases or isinstance(refusal_phrases, str):
             raise ValueError("refusal_phrases must be a non-empty list of strings")
+        if kinds is not None and len(kinds) != len(predictions):
+            raise ValueError(f"kinds has {len(kinds)} entries for {len(predictions)} predictions")
         phrases = normalised_phrases(refusal_phrases, "refusal phrase")
         should_refuse = refused = refused_correctly = over_refused = answerable_not_refused = matched = 0
+        per_kind = {}  # kind -> [rows that should refuse, of them refused]
         for row, (prediction, answers) in enumerate(zip(predictions, references)):
             text = normalise(prediction)
             is_refused = any(p in text for p in phrases)
@@ -90,6 +97,12 @@ class Refusal(evaluate.Metric):
             if not answers:
                 should_refuse += 1
                 refused_correctly += is_refused
+                if kinds is not None:
+                    if not isinstance(kinds[row], str) or not kinds[row]:
+                        raise ValueError(f"row {row} should be refused but its kind is {kinds[row]!r}")
+                    counts = per_kind.setdefault(kinds[row], [0, 0])
+                    counts[0] += 1
+                    counts[1] += is_refused
             elif is_refused:
                 over_refused += 1
             else:
@@ -104,4 +117,6 @@ class Refusal(evaluate.Metric):
             "should_refuse": should_refuse,
             "refused": refused,
             "answerable_not_refused": answerable_not_refused,
+            **{f"refusal_recall_{kind}": percent(hit, total) for kind, (total, hit) in sorted(per_kind.items())},
+            **{f"should_refuse_{kind}": total for kind, (total, _) in sorted(per_kind.items())},
         }

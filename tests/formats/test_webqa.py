@@ -78,7 +78,7 @@ def test_answerable_row_exact(tmp_path):
         "id": "Q_T_1#0", "kind": "instruction",
         "instruction": "请根据给定下文：北京是中国的首都，也是全国的政治中心。\n告诉我中国的首都是哪里？\n",
         "input": "", "output": "北京", "answerable": True, "refusal_template": None, "answers": ["北京"],
-        "synthesized": False, "question_id": "Q_T_1", "question": "中国的首都是哪里？",
+        "synthesized": False, "refusal_kind": None, "question_id": "Q_T_1", "question": "中国的首都是哪里？",
         "evidence": "北京是中国的首都，也是全国的政治中心。", "group": "Q_T_1"}
     assert (ledger.read, len(rows), ledger.rejected) == (8, 8, [])
 

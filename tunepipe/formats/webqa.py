@@ -11,6 +11,11 @@ Decisions, each checked in tests/formats/test_webqa.py:
   only evidences whose text holds such bytes are rejected. Of repeated ids, the first is kept.
 - Every choice hashes an id, with a salt per purpose: nothing depends on file or dict order, and being
   kept by down-sampling is not correlated with the refusal template a row got.
+- Refusal rows the release lacks (swaps, hard negatives: tunepipe/formats/webqa_refusals.py) are made only as
+  answerable_ratio asks, hard negatives first; every row says its `refusal_kind` (null when it is answerable).
+- `rows: preference` writes each row as a DPO pair over the same prompt: its answer over a refusal where the
+  evidence holds it; its refusal over the question's own answer where it does not (a refusal of a question
+  that has no answer anywhere in the input has nothing to set against it and is dropped with that reason).
 - Ledger: read counts raw evidences only. A down-sampled row is good input left out on purpose: it is
   dropped as "down-sampled: ..." (kept in the rejects file, not counted toward max_reject_rate). A
   synthesized refusal has no raw record: it adds 1 to ledger.synthesized, so
@@ -25,6 +30,7 @@ from typing import Any, Callable, Iterator
 
 from tunepipe.errors import StageError
 from tunepipe.ledger import Ledger
+from tunepipe.formats.webqa_refusals import made_refusals
 from tunepipe.splits import stable_choice, stable_fraction
 
 REFUSAL_TEMPLATES = [  # no final punctuation, like the first (given) one
@@ -40,10 +46,15 @@ OPTIONS = {
     "answerable_ratio": None,   # answerable:refusal target, e.g. 1.0; null keeps the data as it is
     "synthesize_refusals": 0,   # at most this many refusals made from another question's evidence, or "auto":
                                 # as many as answerable_ratio lacks, so the data's size decides, not a number
+    "hard_negatives": 0,        # at most this many refusals made from the question's own evidence with every
+                                # sentence holding an answer cut, or "auto"; made before swaps
+    "hard_negative_min_chars": 20,  # letters and digits a hard negative keeps at least
     "seed": "webqa",            # salt of every hash choice (template, down-sample, synthesis)
     "rows": "instructions",     # or "pairs": (question, evidence) labelled answerable | refuse, the same ids and
-                                # splits: what an answerable-or-not classifier in front of the generator reads
+                                # splits: what an answerable-or-not classifier in front of the generator reads;
+                                # or "preference": each row as a chosen / rejected pair, for DPO after the SFT
 }
+MADE = ("swap", "hard_negative")  # refusal kinds with no raw record behind them
 JOIN = re.compile(r"(?<=\w)(?:\s*<e>\s*)+(?=\w)")  # "天<e>地" -> "天 地"
 CUT = re.compile(r"(?:\s*<e>\s*)+")                 # "天。<e>地" -> "天。地"
 SPLITS = {"train": "train", "dev": "validation", "val": "validation", "validation": "validation", "test": "test"}
@@ -59,18 +70,22 @@ def options_of(options: dict[str, Any]) -> dict[str, Any]:
         opts["prompt_template"].format(evidence="", question="")
     except (KeyError, IndexError, ValueError, AttributeError) as err:
         raise StageError(f"webqa options: prompt_template may use only {{evidence}} and {{question}} ({err!r})")
-    if opts["rows"] not in ("instructions", "pairs"):
-        raise StageError(f"webqa options: rows is instructions or pairs, got {opts['rows']!r}")
-    templates, ratio, extra = opts["refusal_templates"], opts["answerable_ratio"], opts["synthesize_refusals"]
+    if opts["rows"] not in ("instructions", "pairs", "preference"):
+        raise StageError(f"webqa options: rows is instructions, pairs or preference, got {opts['rows']!r}")
+    templates, ratio = opts["refusal_templates"], opts["answerable_ratio"]
     if not isinstance(templates, list) or not templates or not all(isinstance(t, str) and t for t in templates):
         raise StageError("webqa options: refusal_templates must be a non-empty list of non-empty strings")
     if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio <= 0):
         raise StageError(f"webqa options: answerable_ratio must be a number > 0 or null, got {ratio!r}")
-    if extra != "auto" and (isinstance(extra, bool) or not isinstance(extra, int) or extra < 0):
-        raise StageError(f"webqa options: synthesize_refusals must be an integer >= 0 or auto, got {extra!r}")
-    if extra == "auto" and ratio is None:
-        raise StageError("webqa options: synthesize_refusals: auto makes what answerable_ratio lacks; "
-                         "set answerable_ratio (e.g. 1.0) or give a number")
+    for name in ("synthesize_refusals", "hard_negatives", "hard_negative_min_chars"):
+        value = opts[name]
+        if (value != "auto" or name == "hard_negative_min_chars") and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise StageError(f"webqa options: {name} must be an integer >= 0"
+                             + ("" if name == "hard_negative_min_chars" else " or auto") + f", got {value!r}")
+        if value == "auto" and ratio is None:
+            raise StageError(f"webqa options: {name}: auto makes what answerable_ratio lacks; "
+                             "set answerable_ratio (e.g. 1.0) or give a number")
     return opts
 
 
@@ -139,11 +154,15 @@ def checked_text(value: Any, field: str) -> str:
     return value.strip()
 
 
+def without_cuts(text: str) -> str:
+    return CUT.sub("", JOIN.sub(" ", text)).strip()
+
+
 def checked_evidence(raw: Any) -> tuple[str, list[str]]:
     """(evidence text without <e>, answers); answers == [] means no_answer."""
     if not isinstance(raw, dict):
         raise ValueError(f"wrong type: evidence entry is {type(raw).__name__}, expected an object")
-    evidence = CUT.sub("", JOIN.sub(" ", checked_text(raw.get("evidence"), "evidence"))).strip()
+    evidence = without_cuts(checked_text(raw.get("evidence"), "evidence"))
     if not evidence:
         raise ValueError("empty text: evidence (only <e> separators)")
     answer = raw.get("answer")
@@ -161,7 +180,7 @@ def checked_evidence(raw: Any) -> tuple[str, list[str]]:
 
 
 def make_row(eid: str, qid: str, question: str, evidence: str, answers: list[str], opts: dict[str, Any],
-             split: str | None, synthesized: bool = False) -> dict[str, Any]:
+             split: str | None, refusal_kind: str = "given") -> dict[str, Any]:
     row = {"id": eid, "kind": "instruction",
            "instruction": opts["prompt_template"].format(evidence=evidence, question=question), "input": ""}
     if answers:
@@ -171,8 +190,8 @@ def make_row(eid: str, qid: str, question: str, evidence: str, answers: list[str
         row.update(output=refusal, answerable=False, refusal_template=index)
     # group: all evidences of a question share a split, so a test question was never seen in training;
     # question and evidence kept apart too, for what reads them alone (the overlap rule, a pair classifier)
-    row.update(answers=answers, synthesized=synthesized, question_id=qid, question=question, evidence=evidence,
-               group=qid, **({"split": split} if split else {}))
+    row.update(answers=answers, synthesized=refusal_kind in MADE, refusal_kind=None if answers else refusal_kind,
+               question_id=qid, question=question, evidence=evidence, group=qid, **({"split": split} if split else {}))
     return row
 
 
@@ -183,33 +202,26 @@ def as_pair(row: dict[str, Any]) -> dict[str, Any]:
             "label": "answerable" if row["answerable"] else "refuse"}
 
 
-def synthesize(good: list[dict[str, Any]], count: int, opts: dict[str, Any],
-               place: Callable[[str | None, str], str] | None = None) -> list[dict[str, Any]]:
-    """Up to `count` refusals, one per question in hash order: the question asked of an evidence of another
-    question of its split, re-drawn while that question has the same text (its own evidences included) or
-    the evidence holds one of our answers, since it might answer us after all. `place` (from convert) gives
-    the split a question will land in when its file names none, so no pair crosses train and test."""
-    questions: dict[str, dict] = {}
-    pools: dict[str | None, list[dict]] = {}
-    for item in sorted(good, key=lambda item: item["row"]["id"]):  # pools in id order, not file order
-        split = place(item["split"], item["qid"]) if place else item["split"]
-        info = questions.setdefault(item["qid"], dict(text=item["question"], split=split, answers=set()))
-        info["answers"].update(item["row"]["answers"])
-        pools.setdefault(split, []).append(item)
-    made = []
-    for qid in sorted(questions, key=lambda q: (stable_fraction(q, f"{opts['seed']}:synth"), q)):
-        if len(made) == count:
-            break
-        info = questions[qid]
-        for attempt in range(20):  # re-draw an unfit partner a few times, then give this question up
-            _, partner = stable_choice(qid if attempt == 0 else f"{qid}/{attempt}", pools[info["split"]],
-                                       salt=f"{opts['seed']}:partner")
-            if partner["question"] != info["text"] and not any(a in partner["evidence"] for a in info["answers"]):
-                sid = f"{qid}#syn-{partner['row']['id']}"
-                made.append({"where": f"synthesized#{sid}", "row": make_row(
-                    sid, qid, info["text"], partner["evidence"], [], opts, info["split"], synthesized=True)})
-                break
-    return made
+def as_preference(kept: list[dict], opts: dict[str, Any], ledger: Ledger) -> Iterator[dict[str, Any]]:
+    """Each row as a conversational pair over its own prompt (see the top of this module)."""
+    answers: dict[str, list[str]] = {}
+    for item in kept:
+        answers.setdefault(item["row"]["question_id"], []).extend(item["row"]["answers"])
+    for item in kept:
+        row = item["row"]
+        if row["answerable"]:
+            chosen = row["output"]
+            rejected = stable_choice(row["id"], opts["refusal_templates"], salt=f"{opts['seed']}:refusal")[1]
+        elif answers[row["question_id"]]:
+            chosen, rejected = row["output"], "；".join(dict.fromkeys(answers[row["question_id"]]))
+        else:
+            drop(ledger, item["where"], "no preference pair: the question has no answer in the input to set "
+                                        "against its refusal", row)
+            continue
+        pair = {key: value for key, value in row.items() if key not in ("instruction", "input", "output")}
+        yield {**pair, "kind": "preference", "prompt": [{"role": "user", "content": row["instruction"]}],
+               "chosen": [{"role": "assistant", "content": chosen}],
+               "rejected": [{"role": "assistant", "content": rejected}]}
 
 
 def down_sample(items: list[dict], keep: int, label: str, opts: dict, ledger: Ledger) -> list[dict]:
@@ -256,17 +268,15 @@ def read(raw_dir: Path, options: dict[str, Any], ledger: Ledger,
                         "question"), "evidence_id": eid, "evidence": raw})
                     continue
                 good.append({"where": f"{path.name}#{eid}", "qid": qid, "question": question, "evidence": evidence,
-                             "split": split, "row": make_row(eid, qid, question, evidence, answers, opts, split)})
+                             "raw_evidence": raw["evidence"], "split": split,
+                             "row": make_row(eid, qid, question, evidence, answers, opts, split)})
 
     answerable = [item for item in good if item["row"]["answerable"]]  # balance the whole input, not per split
     refusals = [item for item in good if not item["row"]["answerable"]]
-    ratio, budget = opts["answerable_ratio"], opts["synthesize_refusals"]
-    lacking = max(0, round(len(answerable) / ratio) - len(refusals)) if ratio is not None else 0
-    # synthesize only what the ratio lacks, up to the budget ("auto": no budget but the ratio)
-    budget = lacking if budget == "auto" else min(budget, lacking) if ratio is not None else budget
-    made = synthesize(good, budget, opts, place) if budget else []
+    made = made_refusals(good, len(answerable), len(refusals), opts, make_row, without_cuts, place)
     ledger.synthesized += len(made)  # no raw record behind them, yet convert counts them written (see top)
     refusals += made
+    ratio = opts["answerable_ratio"]
     if ratio is not None and (answerable or refusals):
         if not answerable or not refusals:
             raise StageError(f"{raw_dir}: answerable_ratio {ratio} cannot be met: {len(answerable)} answerable,"
@@ -275,6 +285,8 @@ def read(raw_dir: Path, options: dict[str, Any], ledger: Ledger,
             answerable = down_sample(answerable, max(1, round(len(refusals) * ratio)), "answerable", opts, ledger)
         else:
             refusals = down_sample(refusals, max(1, round(len(answerable) / ratio)), "refusals", opts, ledger)
-    kept = {id(item) for item in answerable + refusals}
-    shape = as_pair if opts["rows"] == "pairs" else (lambda row: row)
-    yield from (shape(item["row"]) for item in good + made if id(item) in kept)  # convert sorts rows by id
+    kept = [item for item in good + made if id(item) in {id(item) for item in answerable + refusals}]
+    if opts["rows"] == "preference":
+        yield from as_preference(kept, opts, ledger)
+    else:
+        yield from (as_pair(item["row"]) if opts["rows"] == "pairs" else item["row"] for item in kept)

@@ -181,7 +181,10 @@ def stage_settings(setup: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if "merge" not in setup:
         del files["merge"]
     if setup.get("objective") == "grpo":  # its rewards are the experiment's metric on each completion
-        files["train"]["reward"] = {"metric": setup["metric"], "score": setup.get("score") or {}}
+        from tunepipe.scoring import LINE_OPTIONS
+
+        metric_options = {k: v for k, v in (setup.get("score") or {}).items() if k not in LINE_OPTIONS}
+        files["train"]["reward"] = {"metric": setup["metric"], "score": metric_options}
         # GRPO renders its prompts as it samples: with the chat template tokenize rendered them with
         files["train"]["chat_template"] = (setup.get("tokenize") or {}).get("chat_template")
     return files
