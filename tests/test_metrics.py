@@ -253,6 +253,19 @@ def test_head_predictions_scored_over_labels_seen_in_references_or_predictions(l
     assert scores == {"accuracy": 66.67, "macro_f1": 55.56, "unparseable": 0, "rows": 3}
 
 
+def test_accuracy_per_kind_counts_only_that_kind_s_rows(label_match):
+    # a gate's pairs: two swaps (one refused), two hard negatives (none refused), two answerable rows (no kind)
+    predictions = ["refuse", "answerable", "answerable", "answerable", "answerable", "refuse"]
+    references = ["refuse", "refuse", "refuse", "refuse", "answerable", "answerable"]
+    kinds = ["swap", "swap", "hard_negative", "hard_negative", None, None]
+    scores = label_match.compute(predictions=predictions, references=references, kinds=kinds)
+    assert {k: v for k, v in scores.items() if k.endswith(("_swap", "_hard_negative"))} == {
+        "accuracy_hard_negative": 0.0, "accuracy_swap": 50.0, "rows_hard_negative": 2, "rows_swap": 2}
+    assert scores["accuracy"] == 33.33 and "accuracy_None" not in scores  # 2 of 6; rows of no kind: no line
+    with pytest.raises(ValueError, match="kinds has 1 entries for 6 predictions"):
+        label_match.compute(predictions=predictions, references=references, kinds=["swap"])
+
+
 def test_all_unparseable_rows_are_wrong(label_match):
     scores = label_match.compute(predictions=["maybe", "?"], references=["positive", "negative"])
     assert scores == {"accuracy": 0.0, "macro_f1": 0.0, "unparseable": 2, "rows": 2}

@@ -18,6 +18,9 @@ How every number is defined:
   0 when that denominator is 0. An unparseable row is thus a false negative of its reference label and a
   false positive of no label.
 - macro_f1 = mean of F1(L) over the scored labels. f1 = F1(positive_label), only when positive_label is given.
+- With `kinds` (one per row, e.g. the kind of evidence a WebQA pair holds; null for rows of no kind),
+  accuracy_<kind> = rows of that kind whose parsed label equals the reference / rows of that kind, with the
+  count rows_<kind>, for each kind named.
 - accuracy, macro_f1 and f1 are percentages rounded to 2 decimals. unparseable = unparseable rows,
   rows = all rows.
 """
@@ -48,6 +51,7 @@ Args:
     labels: optional list of every label of the dataset (a head may predict one no reference has).
     label_words: optional dict mapping each label to a list of words or phrases that mean it.
     positive_label: optional label whose F1 is reported as `f1`.
+    kinds: optional list, one kind (a string, or None) per row: accuracy is also reported per kind.
 Returns:
     accuracy, macro_f1 (and f1 with positive_label): percentages rounded to 2 decimals;
     unparseable, rows: counts.
@@ -105,9 +109,11 @@ class LabelMatch(evaluate.Metric):
             ),
         )
 
-    def _compute(self, predictions, references, labels=None, label_words=None, positive_label=None):
+    def _compute(self, predictions, references, labels=None, label_words=None, positive_label=None, kinds=None):
         if not predictions:
             raise ValueError("no rows to score")
+        if kinds is not None and len(kinds) != len(predictions):
+            raise ValueError(f"kinds has {len(kinds)} entries for {len(predictions)} predictions")
         words = {label: [] for label in [*(labels or []), *references]}
         words.update(label_words or {})
         if positive_label is not None and positive_label not in words:
@@ -122,4 +128,8 @@ class LabelMatch(evaluate.Metric):
             result["f1"] = round(100 * f1_of(positive_label, parsed, references), 2)
         result["unparseable"] = sum(p is None for p in parsed)
         result["rows"] = len(references)
+        for kind in sorted({k for k in kinds or [] if k is not None}):
+            rows = [(p, r) for p, r, k in zip(parsed, references, kinds) if k == kind]
+            result[f"accuracy_{kind}"] = round(100 * sum(p == r for p, r in rows) / len(rows), 2)
+            result[f"rows_{kind}"] = len(rows)
         return result

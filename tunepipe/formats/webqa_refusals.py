@@ -40,8 +40,18 @@ def questions_of(good: list[dict], place: Placer) -> tuple[dict[str, dict], dict
     return questions, pools
 
 
-def in_hash_order(questions: dict[str, dict], salt: str) -> list[str]:
-    return sorted(questions, key=lambda qid: (stable_fraction(qid, salt), qid))
+def one_per_question(questions: dict[str, dict], count: int, salt: str,
+                     refusal_for: Callable[[str, dict], dict | None]) -> list[dict]:
+    """Up to `count` refusals, at most one per question, the questions taken in the order of a hash of their
+    id; `refusal_for(question id, its info)` makes one, or None when the question yields none."""
+    made = []
+    for qid in sorted(questions, key=lambda qid: (stable_fraction(qid, salt), qid)):
+        if len(made) == count:
+            break
+        refusal = refusal_for(qid, questions[qid])
+        if refusal is not None:
+            made.append(refusal)
+    return made
 
 
 def swaps(good: list[dict], count: int, opts: dict[str, Any], make_row: RowMaker, place: Placer = None) -> list[dict]:
@@ -49,20 +59,18 @@ def swaps(good: list[dict], count: int, opts: dict[str, Any], make_row: RowMaker
     re-drawn while that question has the same text (its own evidences included) or the evidence holds one of
     our answers, since it might answer us after all."""
     questions, pools = questions_of(good, place)
-    made = []
-    for qid in in_hash_order(questions, f"{opts['seed']}:synth"):
-        if len(made) == count:
-            break
-        info = questions[qid]
+
+    def swapped(qid: str, info: dict) -> dict | None:
         for attempt in range(ATTEMPTS):
             _, partner = stable_choice(qid if attempt == 0 else f"{qid}/{attempt}", pools[info["split"]],
                                        salt=f"{opts['seed']}:partner")
             if partner["question"] != info["text"] and not any(a in partner["evidence"] for a in info["answers"]):
                 sid = f"{qid}#syn-{partner['row']['id']}"
-                made.append({"where": f"synthesized#{sid}", "row": make_row(
-                    sid, qid, info["text"], partner["evidence"], [], opts, info["split"], refusal_kind="swap")})
-                break
-    return made
+                return {"where": f"synthesized#{sid}", "row": make_row(
+                    sid, qid, info["text"], partner["evidence"], [], opts, info["split"], refusal_kind="swap")}
+        return None
+
+    return one_per_question(questions, count, f"{opts['seed']}:synth", swapped)
 
 
 def content_length(text: str) -> int:
@@ -84,20 +92,18 @@ def hard_negatives(good: list[dict], count: int, opts: dict[str, Any], make_row:
     """Up to `count` refusals, one per question, each from the first of its answerable evidences (in hash order)
     that leaves enough text once every piece holding one of the question's answers is cut."""
     questions, _ = questions_of(good, place)
-    made = []
-    for qid in in_hash_order(questions, f"{opts['seed']}:hard"):
-        if len(made) == count:
-            break
-        info = questions[qid]
-        for item in sorted(info["own"], key=lambda item: (stable_fraction(item["row"]["id"], f"{opts['seed']}:hard"),
-                                                           item["row"]["id"])):
+    salt = f"{opts['seed']}:hard"
+
+    def cut(qid: str, info: dict) -> dict | None:
+        for item in sorted(info["own"], key=lambda item: (stable_fraction(item["row"]["id"], salt), item["row"]["id"])):
             text = without_answers(item["raw_evidence"], info["answers"], clean)
             if text is not None and content_length(text) >= opts["hard_negative_min_chars"]:
                 hid = f"{item['row']['id']}#hard"
-                made.append({"where": f"synthesized#{hid}", "row": make_row(
-                    hid, qid, info["text"], text, [], opts, info["split"], refusal_kind="hard_negative")})
-                break
-    return made
+                return {"where": f"synthesized#{hid}", "row": make_row(
+                    hid, qid, info["text"], text, [], opts, info["split"], refusal_kind="hard_negative")}
+        return None
+
+    return one_per_question(questions, count, salt, cut)
 
 
 def made_refusals(good: list[dict], answerable: int, refusals: int, opts: dict[str, Any], make_row: RowMaker,
