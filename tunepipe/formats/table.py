@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from tunepipe.errors import StageError
 from tunepipe.ledger import Ledger
-from tunepipe.formats.rows import Seen, column, iter_rows, record_id, text_of
+from tunepipe.formats.rows import column, records_of, text_of
 
 OPTIONS = {"columns": {}, "labels": None}
 SHAPES = {"tokens": ("tokens", "tags"), "labelled": ("text", "label"), "instruction": ("output",)}
@@ -68,14 +68,11 @@ def to_record(row: dict[str, Any], kind: str, columns: dict[str, str], labels: l
 def read(raw_dir: Path, options: dict[str, Any], ledger: Ledger) -> Iterator[dict[str, Any]]:
     columns = options.get("columns") or {}
     labels = [str(label) for label in options["labels"]] if options.get("labels") else None
-    seen, kind = Seen(ledger), None
-    for where, row, split in iter_rows(raw_dir, ledger):
-        kind = kind or shape_of(row, columns)  # the first row decides; the rest must have the same fields
-        try:
-            record = to_record(row, kind, columns, labels)
-        except ValueError as err:
-            ledger.reject(where, str(err), row)
-            continue
-        record["id"], own = record_id(row, columns, record)
-        if seen.new(record["id"], where, row, own):
-            yield {**record, **({"split": split} if split else {})}
+    kind: list[str] = []  # the first row decides; the rest must have the same fields
+
+    def record_of(row: dict[str, Any]) -> dict[str, Any]:
+        if not kind:  # shape_of raises StageError, not a reject: with no usable columns no row would do
+            kind.append(shape_of(row, columns))
+        return to_record(row, kind[0], columns, labels)
+
+    yield from records_of(raw_dir, ledger, columns, record_of)
